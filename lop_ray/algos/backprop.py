@@ -1,0 +1,73 @@
+"""The Backprop learner: forward, loss, backward, optimizer step, then the interventions.
+
+Interventions (continual backprop, ReDo, shrink-and-perturb) attach after the optimizer step, in the
+order given, and see the hidden activations of the same forward pass; the learner does not know which
+ones it runs (spec/algorithms.md: CBP / ReDo, then shrink-and-perturb).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from lop_ray.nets.units import UnitNetwork
+
+
+class Intervention(Protocol):
+    """Something applied to the network after every optimizer step."""
+
+    def after_step(self, activations: Sequence[torch.Tensor]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Backprop:
+    """Plain backprop plus any interventions; L2 is the optimizer's weight decay."""
+
+    def __init__(
+        self,
+        net: UnitNetwork,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        interventions: Sequence[Intervention] = (),
+    ) -> None:
+        self.net = net
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.interventions = list(interventions)
+
+    def learn(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on (x, y). Returns the loss and output of the forward pass *before* the update."""
+        output, activations = self.net(x)
+        loss = self.loss_fn(output, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.interventions:
+            detached = [h.detach() for h in activations]
+            with torch.no_grad():
+                for intervention in self.interventions:
+                    intervention.after_step(detached)
+        return loss.detach(), output.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "interventions": [i.state_dict() for i in self.interventions],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if len(state["interventions"]) != len(self.interventions):
+            raise ValueError(
+                f"checkpoint holds {len(state['interventions'])} interventions, "
+                f"this learner has {len(self.interventions)}"
+            )
+        for intervention, saved in zip(self.interventions, state["interventions"], strict=True):
+            intervention.load_state_dict(saved)

@@ -1,0 +1,63 @@
+"""Fully connected networks: the regression learner (20 → 5 → 1), its linear baseline (20 → 1) and
+the deep MLP of permuted MNIST (784 → 2000 × 3 → 10) are all `MLP`s of different sizes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lop_ray.nets.activations import init_gain, make_activation
+from lop_ray.nets.units import UnitGroup, UnitNetwork
+
+
+class MLP(UnitNetwork):
+    """Linear layers with one activation between them; every hidden layer is a unit group.
+
+    Initialisation (spec/networks.md): hidden weights Kaiming-uniform with the activation's gain,
+    output weights Kaiming-uniform with the linear gain, all biases 0 — except selu nets, whose hidden
+    layers keep PyTorch's default initialisation. `generator` makes the draw a function of the seed.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "relu",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
+        self.activation_name = activation
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.activation = make_activation(activation)
+        for index, layer in enumerate(self.layers):
+            is_output = index == len(self.layers) - 1
+            _initialise(layer, "linear" if is_output else activation, generator)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        activations = []
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+            activations.append(x)
+        return self.layers[-1](x), activations
+
+    def unit_groups(self) -> list[UnitGroup]:
+        return [
+            UnitGroup(f"hidden{i}", self.layers[i], self.layers[i + 1], self.activation_name)
+            for i in range(len(self.layers) - 1)
+        ]
+
+
+def _initialise(layer: nn.Linear, activation: str, generator: torch.Generator | None) -> None:
+    with torch.no_grad():
+        if activation == "selu":  # PyTorch's default nn.Linear init, drawn from our generator
+            bound = 1.0 / math.sqrt(layer.in_features)
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+            return
+        bound = init_gain(activation) * math.sqrt(3.0 / layer.in_features)
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.zero_()

@@ -1,0 +1,133 @@
+"""Curves from a sweep's results: per-trial records → the paper's binned mean ± standard error
+across seeds → a figure (PNG) and a summary table.
+
+Reads Tune's own per-trial files (`params.json`, `result.json`), so it works on finished, partial
+and resumed sweeps alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# x-axis and binning of each problem's headline metric (spec/metrics.md, Aggregation in figures)
+HEADLINE = {
+    "slowly_changing_regression": {
+        "metric": "squared_error",
+        "x": "examples",
+        "bin_x": 20_000,
+        "ylabel": "online squared error",
+        "xlabel": "examples",
+    },
+}
+
+
+@dataclass
+class TrialRecord:
+    trial: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    @property
+    def line(self) -> str:
+        """The line a trial belongs to in a figure: its label and the values that vary."""
+        varying = ", ".join(f"{k}={v}" for k, v in self.trial["varying"].items())
+        return f"{self.trial['label']} ({varying})" if varying else self.trial["label"]
+
+
+@dataclass
+class Aggregate:
+    line: str
+    x: np.ndarray  # end of each bin
+    mean: np.ndarray
+    stderr: np.ndarray
+    seeds: int
+
+
+def load_trial_records(results_dir: str | Path) -> list[TrialRecord]:
+    records = []
+    for params in sorted(Path(results_dir).glob("*/params.json")):
+        config = json.loads(params.read_text())
+        result_file = params.with_name("result.json")
+        rows = []
+        if result_file.exists():
+            by_step = {}
+            for line in result_file.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    by_step[row["step_index"]] = row  # a resumed trial may repeat steps
+            rows = [by_step[k] for k in sorted(by_step)]
+        records.append(TrialRecord(config["trial"], rows))
+    return records
+
+
+def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int) -> list[Aggregate]:
+    """Per line: bin each seed's steps into bins of `bin_x` (x units), then mean ± SE over seeds.
+
+    Seeds are cut to the number of complete bins the shortest one has, so a partial sweep plots what
+    all its seeds have reached.
+    """
+    by_line: dict[str, list[np.ndarray]] = {}
+    x_of_line: dict[str, np.ndarray] = {}
+    for record in records:
+        if not record.rows:
+            continue
+        x = np.array([row[x_key] for row in record.rows], dtype=float)
+        y = np.array([row[metric] for row in record.rows], dtype=float)
+        per_step = x[0]
+        steps_per_bin = max(1, int(round(bin_x / per_step)))
+        bins = len(y) // steps_per_bin
+        if bins == 0:
+            continue
+        binned = y[: bins * steps_per_bin].reshape(bins, steps_per_bin).mean(axis=1)
+        by_line.setdefault(record.line, []).append(binned)
+        x_of_line[record.line] = x[steps_per_bin - 1 :: steps_per_bin][:bins]
+    aggregates = []
+    for line, curves in sorted(by_line.items()):
+        length = min(len(c) for c in curves)
+        stacked = np.stack([c[:length] for c in curves])
+        stderr = stacked.std(axis=0, ddof=1) / math.sqrt(len(curves)) if len(curves) > 1 else np.zeros(length)
+        aggregates.append(
+            Aggregate(line, x_of_line[line][:length], stacked.mean(axis=0), stderr, len(curves))
+        )
+    return aggregates
+
+
+def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for agg in aggregates:
+        (handle,) = ax.plot(agg.x, agg.mean, label=f"{agg.line}, {agg.seeds} seeds")
+        ax.fill_between(
+            agg.x, agg.mean - agg.stderr, agg.mean + agg.stderr, alpha=0.25, color=handle.get_color()
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def headline_figure(results_dir: str | Path, problem: str, title: str) -> tuple[Path | None, list[Aggregate]]:
+    """The problem's headline curve (regression: binned online error) as `<results>/<metric>.png`."""
+    spec = HEADLINE[problem]
+    aggregates = aggregate(load_trial_records(results_dir), spec["metric"], spec["x"], spec["bin_x"])
+    if not aggregates:
+        return None, []
+    path = plot(
+        aggregates, Path(results_dir) / f"{spec['metric']}.png", title, spec["xlabel"], spec["ylabel"]
+    )
+    return path, aggregates

@@ -1,0 +1,209 @@
+"""Run a validated sweep on Ray Tune, and resume an interrupted one.
+
+The sweep's results directory (`<storage>/<name>`) holds Tune's experiment state and trial
+checkpoints, `lop_ray_sweep.json` (the sweep document and its tracking ids, so that `lop-ray resume
+DIR` needs nothing else), and, with the embedded store, MLflow's sqlite database and artifacts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+from rich.console import Console
+from rich.table import Table
+
+from lop_ray import report
+from lop_ray.progress import SweepProgress
+from lop_ray.schema import Sweep, SweepError, validate_sweep
+from lop_ray.tracking import (
+    embedded_tracking_uri,
+    ensure_experiment,
+    git_commit,
+    quiet_mlflow_environment,
+    start_sweep_run,
+    trial_run_name,
+    ui_command,
+)
+
+SWEEP_FILE = "lop_ray_sweep.json"
+
+# Checkpointing after every task is what makes any trial resumable; Tune warns about it by default.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@dataclass
+class SweepOutcome:
+    results_dir: Path
+    tracking_uri: str
+    parent_run_id: str
+    errors: int
+    figure: Path | None
+    aggregates: list[report.Aggregate]
+
+
+def results_dir_of(sweep: Sweep) -> Path:
+    if sweep.storage.startswith("s3://"):
+        raise SweepError(sweep.path, [f"{sweep.path}: storage: s3:// storage is not supported yet"])
+    return Path(sweep.storage).expanduser().resolve() / sweep.name
+
+
+def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
+    """Start a new sweep. Refuses (before anything runs) if its results directory already holds one."""
+    quiet_mlflow_environment()
+    results_dir = results_dir_of(sweep)
+    if (results_dir / SWEEP_FILE).exists():
+        raise SweepError(
+            sweep.path,
+            [
+                f"{sweep.path}: name: results of a sweep named {sweep.name!r} already exist in "
+                f"{results_dir}; continue it with `lop-ray resume {results_dir}`, or choose another "
+                "name or --storage"
+            ],
+        )
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tracking_uri = sweep.tracking_uri or embedded_tracking_uri(results_dir)
+    client = MlflowClient(tracking_uri)
+    artifacts = (results_dir / "mlartifacts").as_uri() if sweep.tracking_uri is None else None
+    experiment_id = ensure_experiment(client, sweep.name, artifacts)
+    parent_run_id = start_sweep_run(client, experiment_id, sweep.name, sweep.problem, sweep.document)
+    tracking = {
+        "uri": tracking_uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_run_id,
+        "git_commit": git_commit(),
+    }
+    (results_dir / SWEEP_FILE).write_text(
+        json.dumps({"sweep_file": sweep.path, "document": sweep.document, "tracking": tracking}, indent=2)
+    )
+    _announce(results_dir, tracking_uri, sweep, quiet)
+    tuner = tune.Tuner(
+        _trainable(sweep),
+        param_space={"trial": tune.grid_search(sweep.trials), "tracking": tracking},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep.max_concurrent_trials,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=str(results_dir.parent),
+            stop={"training_iteration": sweep.steps_per_trial},
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=sweep.checkpoint_every, checkpoint_at_end=True, num_to_keep=2
+            ),
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            callbacks=[SweepProgress(len(sweep.trials), sweep.steps_per_trial, quiet)],
+            verbose=0,
+        ),
+    )
+    _connect_ray()
+    grid = tuner.fit()
+    return _finish(sweep, results_dir, tracking, grid, quiet)
+
+
+def resume_sweep(results_dir: str | Path, quiet: bool = False) -> SweepOutcome:
+    """Continue an interrupted sweep: unfinished and errored trials resume from their checkpoints."""
+    quiet_mlflow_environment()
+    results_dir = Path(results_dir).expanduser().resolve()
+    meta_path = results_dir / SWEEP_FILE
+    if not meta_path.exists():
+        raise SweepError(
+            str(results_dir),
+            [f"{results_dir}: no {SWEEP_FILE} here: not a lop-ray sweep's results directory"],
+        )
+    meta = json.loads(meta_path.read_text())
+    sweep = validate_sweep(meta["document"], meta["sweep_file"])
+    tracking = meta["tracking"]
+    _announce(results_dir, tracking["uri"], sweep, quiet)
+    _connect_ray()
+    tuner = tune.Tuner.restore(str(results_dir), trainable=_trainable(sweep), resume_errored=True)
+    grid = tuner.fit()
+    return _finish(sweep, results_dir, tracking, grid, quiet)
+
+
+def _trainable(sweep: Sweep):
+    from lop_ray.problems import PROBLEMS
+
+    module, name = PROBLEMS[sweep.problem].trainable.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    resources = {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]}
+    return tune.with_resources(cls, resources)
+
+
+def _trial_name(trial) -> str:
+    return trial_run_name(trial.config["trial"])
+
+
+def _trial_dirname(trial) -> str:
+    config = trial.config["trial"]
+    varying = "_".join(f"{k}={v}" for k, v in config["varying"].items())
+    parts = [config["label"], varying, f"seed={config['seed']}", trial.trial_id]
+    return "_".join(p for p in parts if p).replace("/", "-")
+
+
+def _connect_ray() -> None:
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def _announce(results_dir: Path, tracking_uri: str, sweep: Sweep, quiet: bool) -> None:
+    print(
+        f"{sweep.name}: {len(sweep.trials)} trials × {sweep.steps_per_trial} steps\n"
+        f"  results: {results_dir}\n  MLflow:  {tracking_uri}\n  UI:      {ui_command(tracking_uri)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _finish(sweep: Sweep, results_dir: Path, tracking: dict[str, Any], grid, quiet: bool) -> SweepOutcome:
+    errors = len(grid.errors)
+    client = MlflowClient(tracking["uri"])
+    title = f"{sweep.name}: {sweep.problem}"
+    figure, aggregates = report.headline_figure(results_dir, sweep.problem, title)
+    if figure is not None:
+        client.log_artifact(tracking["parent_run_id"], str(figure))
+    client.set_terminated(tracking["parent_run_id"], status="FAILED" if errors else "FINISHED")
+    console = Console(highlight=False)
+    if aggregates:
+        console.print(_summary_table(sweep, aggregates))
+    if figure is not None:
+        console.print(f"figure: {figure}")
+    print(f"results: {results_dir}\nMLflow:  {tracking['uri']}\nUI:      {ui_command(tracking['uri'])}")
+    if errors:
+        console.print(
+            f"[red]{errors} trial(s) failed[/]; fix the cause and run `lop-ray resume {results_dir}`"
+        )
+    return SweepOutcome(results_dir, tracking["uri"], tracking["parent_run_id"], errors, figure, aggregates)
+
+
+def _summary_table(sweep: Sweep, aggregates: list[report.Aggregate]) -> Table:
+    spec = report.HEADLINE[sweep.problem]
+    table = Table(title=f"{sweep.name}: {spec['ylabel']} per {spec['bin_x']:,} {spec['xlabel']} (mean ± SE)")
+    table.add_column("algorithm")
+    table.add_column("seeds", justify="right")
+    table.add_column("first bin", justify="right")
+    table.add_column("last bin", justify="right")
+    table.add_column("last / first", justify="right")
+    for agg in aggregates:
+        table.add_row(
+            agg.line,
+            str(agg.seeds),
+            f"{agg.mean[0]:.4g} ± {agg.stderr[0]:.2g}",
+            f"{agg.mean[-1]:.4g} ± {agg.stderr[-1]:.2g}",
+            f"{agg.mean[-1] / agg.mean[0]:.2f}",
+        )
+    return table

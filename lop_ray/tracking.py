@@ -1,0 +1,148 @@
+"""MLflow: one parent run per sweep, one child run per trial, metrics stepped by task index.
+
+A trial's run id lives in its checkpoint, so a restored trial continues its own run. Because a trial
+is deterministic, the steps between its last checkpoint and a crash are recomputed with identical
+values after a resume; each run records the last step it holds (a tag written in the same batch as
+the metrics), and steps it already holds are not logged again. So after any kill and resume a run has
+every step exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+LAST_STEP_TAG = "lop_ray.last_step"
+_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def embedded_tracking_uri(results_dir: str | Path) -> str:
+    """The default store: a sqlite file inside the sweep's results directory (no server)."""
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    return f"open {tracking_uri} in a browser"
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → {"a.b": "value"}, the shape MLflow params take."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def start_sweep_run(
+    client: MlflowClient, experiment_id: str, sweep_name: str, problem: str, params: Mapping
+) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=sweep_name,
+        tags={
+            "lop_ray.kind": "sweep",
+            "sweep": sweep_name,
+            "problem": problem,
+            "git_commit": git_commit(),
+        },
+    )
+    _log_params(client, run.info.run_id, flatten(params))
+    return run.info.run_id
+
+
+def trial_run_name(trial: Mapping[str, Any]) -> str:
+    """e.g. `cbp replacement_rate=0.0001 seed=3`: what varies, then the seed."""
+    varying = " ".join(f"{k}={v}" for k, v in trial["varying"].items())
+    return " ".join(part for part in (trial["label"], varying, f"seed={trial['seed']}") if part)
+
+
+class TrialTracker:
+    """The MLflow run of one trial, created on first use or re-attached after a restore."""
+
+    def __init__(self, tracking: Mapping[str, str], trial: Mapping[str, Any], run_id: str | None):
+        self.client = MlflowClient(tracking["uri"])
+        if run_id is None:
+            run_id = self._create(tracking, trial)
+            self.last_step = -1
+        else:
+            run = self.client.get_run(run_id)
+            self.last_step = int(run.data.tags.get(LAST_STEP_TAG, -1))
+            if run.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+
+    def _create(self, tracking: Mapping[str, str], trial: Mapping[str, Any]) -> str:
+        tags = {
+            "mlflow.parentRunId": tracking["parent_run_id"],
+            "lop_ray.kind": "trial",
+            "sweep": trial["sweep"],
+            "problem": trial["problem"],
+            "algorithm": trial["algorithm"],
+            "label": trial["label"],
+            "seed": str(trial["seed"]),
+            "fidelity": trial["fidelity"],
+            "git_commit": tracking.get("git_commit", "unknown"),
+            **{f"varying.{k}": str(v) for k, v in trial["varying"].items()},
+        }
+        run = self.client.create_run(tracking["experiment_id"], run_name=trial_run_name(trial), tags=tags)
+        _log_params(self.client, run.info.run_id, flatten(trial))
+        return run.info.run_id
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log one step's metrics, unless this run already holds that step (after a resume)."""
+        if step <= self.last_step:
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+            tags=[RunTag(LAST_STEP_TAG, str(step))],
+        )
+        self.last_step = step
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[start : start + _BATCH])
+
+
+def quiet_mlflow_environment() -> None:
+    """No telemetry, no 'new version' chatter from the tracking client."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
