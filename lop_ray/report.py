@@ -65,8 +65,9 @@ def load_trial_records(results_dir: str | Path) -> list[TrialRecord]:
     return records
 
 
-def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int) -> list[Aggregate]:
-    """Per line: bin each seed's steps into bins of `bin_x` (x units), then mean ± SE over seeds.
+def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int | None) -> list[Aggregate]:
+    """Per line: bin each seed's steps into bins of `bin_x` (x units; None: one bin per step), then
+    mean ± SE over seeds.
 
     Seeds are cut to the number of complete bins the shortest one has, so a partial sweep plots what
     all its seeds have reached.
@@ -79,7 +80,7 @@ def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int) -
         x = np.array([row[x_key] for row in record.rows], dtype=float)
         y = np.array([row[metric] for row in record.rows], dtype=float)
         per_step = x[0]
-        steps_per_bin = max(1, int(round(bin_x / per_step)))
+        steps_per_bin = max(1, int(round(bin_x / per_step))) if bin_x else 1
         bins = len(y) // steps_per_bin
         if bins == 0:
             continue
@@ -105,7 +106,8 @@ def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str,
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for agg in aggregates:
-        (handle,) = ax.plot(agg.x, agg.mean, label=f"{agg.line}, {agg.seeds} seeds")
+        marker = "o" if len(agg.x) < 12 else None
+        (handle,) = ax.plot(agg.x, agg.mean, marker=marker, label=f"{agg.line}, {agg.seeds} seeds")
         ax.fill_between(
             agg.x, agg.mean - agg.stderr, agg.mean + agg.stderr, alpha=0.25, color=handle.get_color()
         )
@@ -124,7 +126,11 @@ def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str,
 def headline_figure(results_dir: str | Path, problem: str, title: str) -> tuple[Path | None, list[Aggregate]]:
     """The problem's headline curve (regression: binned online error) as `<results>/<metric>.png`."""
     spec = HEADLINE[problem]
-    aggregates = aggregate(load_trial_records(results_dir), spec["metric"], spec["x"], spec["bin_x"])
+    records = load_trial_records(results_dir)
+    aggregates = aggregate(records, spec["metric"], spec["x"], spec["bin_x"])
+    if all(len(agg.x) < 2 for agg in aggregates):  # too short for the paper's bins: plot every step
+        aggregates = aggregate(records, spec["metric"], spec["x"], None)
+        title += f" (per step: shorter than two bins of {spec['bin_x']:,})"
     if not aggregates:
         return None, []
     path = plot(

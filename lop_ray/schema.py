@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Discriminator, Field, Tag
 
 from lop_ray.problems import PROBLEMS, ProblemSpec
 from lop_ray.problems.base import Count, Real, Strict
@@ -26,6 +26,23 @@ Fidelity = Literal["original", "corrected"]
 class SeedRange(Strict):
     first: Count = Field(0, ge=0)
     count: Count = Field(ge=1)
+
+
+def _seeds_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict | SeedRange):
+        return "range"
+    return None
+
+
+SEEDS_ALLOWED = "a list of distinct non-negative integers, e.g. [0, 1, 2], or a range {first: 0, count: 100}"
+Seeds = Annotated[
+    Annotated[list[Annotated[Count, Field(ge=0)]], Field(min_length=1), Tag("list")]
+    | Annotated[SeedRange, Tag("range")],
+    Discriminator(_seeds_kind, custom_error_type="seeds", custom_error_message=f"seeds are {SEEDS_ALLOWED}"),
+]
+_UNION_TAGS = {("seeds",): {"list", "range"}}  # tags pydantic puts into error locations, dropped in messages
 
 
 class Resources(Strict):
@@ -43,7 +60,7 @@ class SweepFile(Strict):
     problem: dict[str, Any]
     network: dict[str, Any] = {}
     algorithms: list[dict[str, Any]] = Field(min_length=1)
-    seeds: list[Annotated[Count, Field(ge=0)]] | SeedRange = Field(default=[0])
+    seeds: Seeds = Field(default=[0])
     num_tasks: Count = Field(ge=1)
     fidelity: Fidelity = "corrected"
     resources: Resources = Resources()
@@ -85,26 +102,67 @@ def load_sweep(path: str | Path, storage: str | None = None) -> Sweep:
     """Read, validate and expand `path`; `storage` overrides the file's storage."""
     path = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
-        raise SweepError(path, [f"{path}: cannot read the sweep file: {error.strerror}"]) from None
+        reason = error.strerror or str(error)
+        raise SweepError(path, [f"{path}: cannot read the sweep file: {reason}"]) from None
+    except UnicodeDecodeError as error:
+        raise SweepError(
+            path, [f"{path}: cannot read the sweep file: not UTF-8 text (byte {error.start})"]
+        ) from None
     try:
         document = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
+        lines, duplicates = _key_lines(yaml.compose(text))
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        raise SweepError(path, [f"{where}: not valid YAML: {error}"]) from None
+        raise SweepError(path, [_yaml_problem(path, error)]) from None
     if storage is not None and isinstance(document, dict):
         document["storage"] = storage
-    return validate_sweep(document, path, lines)
+    duplicated = [
+        f"{path}:{line}: {_format_loc(loc)}: duplicate key (first given at line {first}); "
+        "each key may appear once in a mapping"
+        for loc, line, first in duplicates
+    ]
+    try:
+        sweep = validate_sweep(document, path, lines)
+    except SweepError as error:
+        raise SweepError(path, duplicated + error.problems) from None
+    if duplicated:
+        raise SweepError(path, duplicated)
+    return sweep
 
 
 def validate_sweep(document: Any, path: str, lines: dict[tuple, int] | None = None) -> Sweep:
     """Validate an already-parsed sweep document (`path` is only used in messages)."""
     if not isinstance(document, dict):
-        raise SweepError(path, [f"{path}: a sweep file is a mapping of keys (name, problem, ...)"])
+        got = "an empty file" if document is None else f"a {_kind(document)} ({document!r:.60})"
+        raise SweepError(
+            path,
+            [
+                f"{path}:1: (top level): a sweep file is a mapping of keys "
+                f"(name, problem, network, algorithms, seeds, num_tasks, ...); got {got}"
+            ],
+        )
     return _Validator(path, lines or {}).validate(document)
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _yaml_problem(path: str, error: yaml.YAMLError) -> str:
+    """One message for a YAML syntax error: file:line, what the parser expected, and the spot."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return f"{path}: not valid YAML: {error}"
+    text = f"{path}:{mark.line + 1}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+    text += str(getattr(error, "problem", None) or error)
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark is not None:
+        text += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    snippet = mark.get_snippet()
+    return f"{text}\n{snippet}" if snippet else text
 
 
 class _Validator:
@@ -114,6 +172,7 @@ class _Validator:
         self.problems: list[str] = []
 
     def error(self, loc: tuple, message: str) -> None:
+        loc = _drop_union_tags(loc)
         line = _nearest_line(self.lines, loc)
         where = f"{self.path}:{line}" if line else self.path
         key = _format_loc(loc) or "(top level)"
@@ -132,9 +191,9 @@ class _Validator:
         if top is None:
             raise SweepError(self.path, self.problems)
         problem_name = top.problem.get("name")
-        spec = PROBLEMS.get(problem_name)
+        spec = PROBLEMS.get(problem_name) if isinstance(problem_name, str) else None
         if spec is None:
-            self.error(("problem", "name"), f"unknown problem {problem_name!r}; allowed: {sorted(PROBLEMS)}")
+            self.error(("problem", "name"), _choice_problem("problem", problem_name, sorted(PROBLEMS)))
             raise SweepError(self.path, self.problems)
         settings = self.model(
             spec.settings_model, {k: v for k, v in top.problem.items() if k != "name"}, ("problem",)
@@ -162,7 +221,8 @@ class _Validator:
             else list(range(top.seeds.first, top.seeds.first + top.seeds.count))
         )
         if len(set(seeds)) != len(seeds):
-            self.error(("seeds",), f"seeds repeat: {seeds}")
+            repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+            self.error(("seeds",), f"seeds must be distinct; repeated: {repeated}")
             raise SweepError(self.path, self.problems)
         trials = []
         for (label, algorithm, points), network, seed in itertools.product(
@@ -173,6 +233,7 @@ class _Validator:
             trials.append(
                 {
                     "sweep": top.name,
+                    "trial_index": len(trials),
                     "problem": spec.name,
                     "problem_settings": settings.model_dump(),
                     "network": net.model_dump(),
@@ -201,14 +262,17 @@ class _Validator:
             document=document,
         )
 
-    def grid(self, model: type[BaseModel], data: dict[str, Any], loc: tuple) -> list[tuple[BaseModel, dict]]:
+    def grid(
+        self, model: type[BaseModel], data: dict[str, Any], loc: tuple, owner: str = ""
+    ) -> list[tuple[BaseModel, dict]]:
         """Validate every point of a grid (lists are grids); returns (model, varying values) pairs."""
         allowed = set(model.model_fields)
         keys, choices = [], []
         ok = True
         for key, value in data.items():
             if key not in allowed:
-                self.error(loc + (key,), f"unknown key; allowed: {sorted(allowed)}")
+                whose = f" for {owner}" if owner else ""
+                self.error(loc + (key,), f"unknown key{whose}; allowed: {sorted(allowed)}")
                 ok = False
             elif isinstance(value, list):
                 if not value:
@@ -235,11 +299,9 @@ class _Validator:
 
     def algorithm(self, spec: ProblemSpec, entry: dict[str, Any], fidelity: str, loc: tuple):
         name = entry.get("algorithm")
-        if name not in spec.algorithms:
-            self.error(
-                loc + ("algorithm",),
-                f"unknown or missing algorithm {name!r}; allowed for {spec.name}: {sorted(spec.algorithms)}",
-            )
+        if not isinstance(name, str) or name not in spec.algorithms:
+            allowed = sorted(spec.algorithms)
+            self.error(loc + ("algorithm",), _choice_problem("algorithm", name, allowed, spec.name))
             return ("", "", [])
         model = spec.algorithms[name]
         label = entry.get("label", name)
@@ -249,26 +311,67 @@ class _Validator:
         for option, by_fidelity in getattr(model, "fidelity_options", {}).items():
             if option in model.model_fields and params.get(option) is None:
                 params[option] = by_fidelity[fidelity]
-        return (label, name, self.grid(model, params, loc))
+        return (label, name, self.grid(model, params, loc, f"algorithm {name!r}"))
 
     def unique_labels(self, algorithms: list) -> None:
-        labels = [label for label, _, _ in algorithms]
-        for label in set(labels):
-            if labels.count(label) > 1:
+        first_use: dict[str, int] = {}
+        for index, (label, _, _) in enumerate(algorithms):
+            if label in first_use:
                 self.error(
-                    ("algorithms",),
-                    f"label {label!r} is used by {labels.count(label)} entries; give each entry its own `label`",
+                    ("algorithms", index, "label"),
+                    f"label {label!r} is already used by algorithms[{first_use[label]}]; "
+                    "give each entry its own `label` (labels name the results)",
                 )
+            first_use.setdefault(label, index)
 
 
 def _describe(model: type[BaseModel], item: dict[str, Any]) -> str:
     kind = item["type"]
     if kind == "extra_forbidden":
-        return f"unknown key; allowed: {sorted(model.model_fields)}"
+        owner = _model_at(model, _drop_union_tags(tuple(item["loc"]))[:-1])
+        return f"unknown key; allowed: {sorted(owner.model_fields)}" if owner else "unknown key"
     if kind == "missing":
         return "required key is missing"
-    value = item.get("input")
-    return f"{item['msg'].rstrip('.')} (got {value!r})"
+    message = item["msg"].rstrip(".").removeprefix("Value error, ")
+    return f"{message} (got {item.get('input')!r})"
+
+
+def _choice_problem(what: str, value: Any, allowed: list[str], scope: str = "") -> str:
+    allowed_text = f"allowed{' for ' + scope if scope else ''}: {allowed}"
+    if value is None:
+        return f"required key is missing; {allowed_text}"
+    if not isinstance(value, str):
+        return f"expected one {what} name (not a {_kind(value)}: a grid is not allowed here); {allowed_text}"
+    return f"unknown {what} {value!r}; {allowed_text}"
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The (nested) model whose fields sit at `loc` inside `model`, or None if that is not a model."""
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list of models: the same model
+        if model is None or part not in model.model_fields:
+            return None
+        model = _model_in(model.model_fields[part].annotation)
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _drop_union_tags(loc: tuple) -> tuple:
+    for prefix, tags in _UNION_TAGS.items():
+        n = len(prefix)
+        if loc[:n] == prefix and len(loc) > n and loc[n] in tags:
+            return loc[:n] + loc[n + 1 :]
+    return loc
 
 
 def _format_loc(loc: tuple) -> str:
@@ -278,21 +381,36 @@ def _format_loc(loc: tuple) -> str:
     return text
 
 
-def _key_lines(node: yaml.Node | None, loc: tuple = ()) -> dict[tuple, int]:
-    """Map each key path of the document to its 1-based line, so errors can point at it."""
+def _key_lines(
+    node: yaml.Node | None, loc: tuple = (), _open: frozenset[int] = frozenset()
+) -> tuple[dict[tuple, int], list[tuple[tuple, int, int]]]:
+    """Map each key path of the document to its 1-based line, so errors can point at it; also list
+    the keys given twice in one mapping (PyYAML silently keeps the last) as (path, line, first line)."""
     lines: dict[tuple, int] = {}
-    if node is None:
-        return lines
+    duplicates: list[tuple[tuple, int, int]] = []
+    if node is None or id(node) in _open:  # an alias that contains itself: nothing more to map
+        return lines, duplicates
+    _open = _open | {id(node)}
     lines[loc] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
         for key, value in node.value:
-            child = loc + (key.value,)
-            lines.update(_key_lines(value, child))
-            lines[child] = key.start_mark.line + 1
+            name = key.value if isinstance(key, yaml.ScalarNode) else repr(key.value)
+            child = loc + (name,)
+            line = key.start_mark.line + 1
+            if name in seen and name != "<<":
+                duplicates.append((child, line, seen[name]))
+            seen.setdefault(name, line)
+            sub_lines, sub_duplicates = _key_lines(value, child, _open)
+            lines.update(sub_lines)
+            duplicates += sub_duplicates
+            lines[child] = line
     elif isinstance(node, yaml.SequenceNode):
         for index, value in enumerate(node.value):
-            lines.update(_key_lines(value, loc + (index,)))
-    return lines
+            sub_lines, sub_duplicates = _key_lines(value, loc + (index,), _open)
+            lines.update(sub_lines)
+            duplicates += sub_duplicates
+    return lines, duplicates
 
 
 def _nearest_line(lines: dict[tuple, int], loc: tuple) -> int | None:

@@ -192,7 +192,7 @@ def _finish(sweep: Sweep, results_dir: Path, tracking: dict[str, Any], grid, qui
 
 def _summary_table(sweep: Sweep, aggregates: list[report.Aggregate]) -> Table:
     spec = report.HEADLINE[sweep.problem]
-    table = Table(title=f"{sweep.name}: {spec['ylabel']} per {spec['bin_x']:,} {spec['xlabel']} (mean ± SE)")
+    table = Table(title=f"{sweep.name}: {spec['ylabel']}, first and last bin (mean ± SE over seeds)")
     table.add_column("algorithm")
     table.add_column("seeds", justify="right")
     table.add_column("first bin", justify="right")

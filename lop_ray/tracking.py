@@ -1,6 +1,7 @@
 """MLflow: one parent run per sweep, one child run per trial, metrics stepped by task index.
 
-A trial's run id lives in its checkpoint, so a restored trial continues its own run. Because a trial
+A trial's run id lives in its checkpoint, so a restored trial continues its own run; a trial that
+dies before its first checkpoint finds its run again by the sweep's run id and its trial index. Because a trial
 is deterministic, the steps between its last checkpoint and a crash are recomputed with identical
 values after a resume; each run records the last step it holds (a tag written in the same batch as
 the metrics), and steps it already holds are not logged again. So after any kill and resume a run has
@@ -20,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 LAST_STEP_TAG = "lop_ray.last_step"
+TRIAL_INDEX_TAG = "lop_ray.trial_index"
 _BATCH = 100  # MLflow's limit of params per log_batch call
 
 
@@ -94,20 +96,30 @@ class TrialTracker:
 
     def __init__(self, tracking: Mapping[str, str], trial: Mapping[str, Any], run_id: str | None):
         self.client = MlflowClient(tracking["uri"])
-        if run_id is None:
-            run_id = self._create(tracking, trial)
-            self.last_step = -1
-        else:
-            run = self.client.get_run(run_id)
-            self.last_step = int(run.data.tags.get(LAST_STEP_TAG, -1))
-            if run.info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
+        if run_id is None:  # no checkpoint yet; the trial may still have started a run before it died
+            run_id = self._find(tracking, trial) or self._create(tracking, trial)
+        run = self.client.get_run(run_id)
+        self.last_step = int(run.data.tags.get(LAST_STEP_TAG, -1))
+        if run.info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
+
+    def _find(self, tracking: Mapping[str, str], trial: Mapping[str, Any]) -> str | None:
+        runs = self.client.search_runs(
+            [tracking["experiment_id"]],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{tracking['parent_run_id']}' "
+                f"and tags.`{TRIAL_INDEX_TAG}` = '{trial['trial_index']}'"
+            ),
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
 
     def _create(self, tracking: Mapping[str, str], trial: Mapping[str, Any]) -> str:
         tags = {
             "mlflow.parentRunId": tracking["parent_run_id"],
             "lop_ray.kind": "trial",
+            TRIAL_INDEX_TAG: str(trial["trial_index"]),
             "sweep": trial["sweep"],
             "problem": trial["problem"],
             "algorithm": trial["algorithm"],

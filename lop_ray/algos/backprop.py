@@ -39,20 +39,30 @@ class Backprop:
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.interventions = list(interventions)
+        # gradients come back in this order, the optimizer's own, so they can be handed over as a list
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def learn(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on (x, y). Returns the loss and output of the forward pass *before* the update."""
         output, activations = self.net(x)
         loss = self.loss_fn(output, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+        self._apply(grads)
         if self.interventions:
             detached = [h.detach() for h in activations]
             with torch.no_grad():
                 for intervention in self.interventions:
                     intervention.after_step(detached)
         return loss.detach(), output.detach()
+
+    def _apply(self, grads: Sequence[torch.Tensor | None]) -> None:
+        apply_gradients = getattr(self.optimizer, "apply_gradients", None)
+        if apply_gradients is not None:
+            apply_gradients(grads)
+            return
+        for param, grad in zip(self._params, grads, strict=True):  # any torch.optim optimizer
+            param.grad = grad
+        self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -109,6 +109,7 @@ class ContinualBackprop:
         ]
         for group, state, (units, mean_estimate) in zip(self.groups, self.state, chosen, strict=True):
             if len(units):
+                units = units.to(group.incoming.weight.device)
                 self._generate(group, state, units, mean_estimate)
         if self.config.reset_optimizer_state:
             for group, (units, _) in zip(self.groups, chosen, strict=True):
@@ -123,7 +124,7 @@ class ContinualBackprop:
         eta = cfg.decay_rate
         age = state["age"]
         age += 1
-        bias_correction = 1.0 - torch.pow(torch.full_like(state["utility"], eta), age)
+        bias_correction = 1.0 - torch.pow(eta, age).to(state["utility"].dtype)
         state["utility"] *= eta
         state["mean_activation"].mul_(eta).add_(_per_unit_mean(h), alpha=1.0 - eta)
         mean_estimate = state["mean_activation"] / bias_correction
@@ -136,10 +137,11 @@ class ContinualBackprop:
             state["utility"] += (1.0 - eta) * self._instantaneous_utility(group, h, mean_estimate)
             state["bias_corrected_utility"] = state["utility"] / bias_correction
 
-        eligible = torch.nonzero(age > cfg.maturity_threshold).reshape(-1)
-        if len(eligible) == 0:
-            return eligible, mean_estimate
-        base = len(eligible) if cfg.replacement_base == "eligible" else group.width
+        mature = age > cfg.maturity_threshold
+        num_eligible = int(mature.sum())
+        if num_eligible == 0:
+            return _NO_UNITS, mean_estimate
+        base = num_eligible if cfg.replacement_base == "eligible" else group.width
         expected = cfg.replacement_rate * base
         if cfg.accumulate:
             state["accumulated"] += expected
@@ -150,9 +152,10 @@ class ContinualBackprop:
             count = int(draw < expected)
         else:
             count = int(expected)
-        count = min(count, len(eligible))
+        count = min(count, num_eligible)
         if count == 0:
-            return eligible[:0], mean_estimate
+            return _NO_UNITS, mean_estimate
+        eligible = torch.nonzero(mature).reshape(-1)
         order = torch.sort(state["bias_corrected_utility"][eligible], stable=True).indices
         return eligible[order[:count]], mean_estimate
 
@@ -231,8 +234,13 @@ class ContinualBackprop:
                 mine[key] = value.to(mine[key].device).clone()
 
 
+_NO_UNITS = torch.zeros(0, dtype=torch.long)
+
+
 def _per_unit_mean(h: torch.Tensor) -> torch.Tensor:
     """Mean over every axis but the unit axis (dim 1): batch for linear, batch and positions for conv."""
+    if h.dim() == 2:
+        return h.mean(dim=0)
     return h.transpose(0, 1).reshape(h.shape[1], -1).mean(dim=1)
 
 

@@ -1,16 +1,20 @@
-"""Optimizers whose per-unit state can be reset.
+"""Optimizers whose per-unit state can be reset, and which take gradients directly.
 
 Continual backprop and ReDo restart the optimizer state of exactly the weights they re-initialise.
-For SGD with momentum that is zeroing rows/columns of PyTorch's momentum buffer. Adam needs more:
+For SGD with momentum that is zeroing rows/columns of the momentum buffer. Adam needs more:
 its bias correction uses a step count, and PyTorch keeps one count per tensor, so a fresh unit inside
 an old tensor would get an almost-uncorrected first update. `Adam` here keeps a step count *per
 element* and corrects each element by its own count; without resets it computes what PyTorch's Adam
 computes.
+
+Both take the gradients as a list (`apply_gradients`), so the learner can use `torch.autograd.grad`
+and skip `.grad` bookkeeping; `step()` reads `.grad` as usual.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -46,17 +50,19 @@ class Adam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer API
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        return _step_from_grad_attributes(self, closure)
+
+    @torch.no_grad()
+    def apply_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:
+        """One update with `grads` given in the order of the parameters (see `Backprop.learn`)."""
+        grads = iter(grads)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
             for param in group["params"]:
-                if param.grad is None:
+                grad = next(grads)
+                if grad is None:
                     continue
-                grad = param.grad
                 if weight_decay and group["decoupled_weight_decay"]:
                     param.mul_(1.0 - lr * weight_decay)
                 elif weight_decay:
@@ -70,11 +76,70 @@ class Adam(torch.optim.Optimizer):
                 step.add_(1.0)
                 exp_avg.lerp_(grad, 1.0 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                bias_correction1 = 1.0 - torch.pow(beta1, step)
-                bias_correction2_sqrt = (1.0 - torch.pow(beta2, step)).sqrt()
+                bias_correction1 = _bias_correction(beta1, step)
+                bias_correction2_sqrt = _bias_correction(beta2, step).sqrt()
                 denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
                 param.addcdiv_(exp_avg / bias_correction1, denom, value=-lr)
-        return loss
+
+
+def _bias_correction(beta: float, step: torch.Tensor) -> torch.Tensor:
+    """1 − β^step per element, accurate in the step tensor's dtype.
+
+    `1 − torch.pow(β, step)` in float32 rounds β first (0.999 → 0.99900001) and then cancels: it is
+    1.3e-5 too small at step 1, so a fresh element's first update is lr·(1 − 6e-6) rather than lr
+    (PyTorch's Adam computes it in float64). −expm1(step·ln β), ln β in float64, does not cancel.
+    """
+    if beta == 0.0:
+        return torch.ones_like(step)
+    return -torch.expm1(step * math.log(beta))
+
+
+class SGD(torch.optim.Optimizer):
+    """SGD with optional momentum and coupled weight decay, as PyTorch's (no dampening, no Nesterov).
+
+    Ours rather than `torch.optim.SGD` for `apply_gradients`: on the paper's one-example-per-step
+    problems the per-call overhead of PyTorch's optimizer machinery costs more than the update.
+    """
+
+    def __init__(
+        self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+    ) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer API
+        return _step_from_grad_attributes(self, closure)
+
+    @torch.no_grad()
+    def apply_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:
+        """One update with `grads` given in the order of the parameters (see `Backprop.learn`)."""
+        grads = iter(grads)
+        for group in self.param_groups:
+            lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+            for param in group["params"]:
+                grad = next(grads)
+                if grad is None:
+                    continue
+                if weight_decay:
+                    grad = grad.add(param, alpha=weight_decay)
+                if momentum:
+                    state = self.state[param]
+                    buffer = state.get("momentum_buffer")
+                    if buffer is None:
+                        buffer = state["momentum_buffer"] = grad.clone()
+                    else:
+                        buffer.mul_(momentum).add_(grad)
+                    grad = buffer
+                param.add_(grad, alpha=-lr)
+
+
+def _step_from_grad_attributes(optimizer, closure) -> torch.Tensor | None:
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    optimizer.apply_gradients([p.grad for g in optimizer.param_groups for p in g["params"]])
+    return loss
 
 
 def make_optimizer(
@@ -89,7 +154,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The paper's optimizers; L2 is the optimizer's coupled weight decay (decoupled for AdamW)."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=step_size, momentum=momentum, weight_decay=weight_decay)
+        return SGD(params, lr=step_size, momentum=momentum, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
         return Adam(
             params,

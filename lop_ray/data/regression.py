@@ -68,6 +68,8 @@ class RegressionStream:
 
     def take(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `count` examples: inputs (count, num_inputs) and targets (count, 1)."""
+        if count <= 0:
+            return torch.zeros(0, self.settings.num_inputs), torch.zeros(0, 1)
         xs, ys = [], []
         while count > 0:
             period = self.position // self.settings.flip_after
@@ -109,7 +111,7 @@ class RegressionStream:
         if period == self._period_index:
             before = self._previous_pattern
         elif self._period is not None:  # the next take() starts a period derived from this one
-            before = self._period[0][0, : self.settings.num_slow_bits]
+            before = self._period[0][0, : self.settings.num_slow_bits].clone()  # not a view of the period
         else:  # nothing generated since construction or load
             before = self._previous_pattern
         return {"position": self.position, "pattern_before_period": before}

@@ -88,13 +88,11 @@ class RegressionExperiment:
         """Learn online on the next `examples_per_step` examples; return their mean squared error."""
         x, y = self.stream.take(self.config.examples_per_step)
         x, y = x.to(self.device), y.to(self.device)
-        errors = torch.empty(len(x), device=self.device)
         learn = self.learner.learn
-        for i in range(len(x)):
-            errors[i], _ = learn(x[i : i + 1], y[i : i + 1])
+        errors = [learn(xi, yi)[0] for xi, yi in zip(x.split(1), y.split(1), strict=True)]
         self.steps_done += 1
         metrics = {
-            "squared_error": errors.mean().item(),
+            "squared_error": torch.stack(errors).mean().item(),
             "examples": float(self.stream.position),
             "weight_magnitude": weight_magnitude(self.net),
         }
@@ -114,7 +112,7 @@ class RegressionExperiment:
         self.steps_done = int(state["steps_done"])
         self.learner.load_state_dict(state["learner"])
         self.stream.load_state_dict(state["stream"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # RNG states are CPU byte tensors
 
 
 def config_from_trial(trial: dict[str, Any]) -> RegressionConfig:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from lop_ray.nets.activations import init_gain, make_activation
 from lop_ray.nets.units import UnitGroup, UnitNetwork
@@ -17,8 +18,9 @@ class MLP(UnitNetwork):
     """Linear layers with one activation between them; every hidden layer is a unit group.
 
     Initialisation (spec/networks.md): hidden weights Kaiming-uniform with the activation's gain,
-    output weights Kaiming-uniform with the linear gain, all biases 0 — except selu nets, whose hidden
-    layers keep PyTorch's default initialisation. `generator` makes the draw a function of the seed.
+    output weights Kaiming-uniform with the linear gain, all biases 0 — except that selu nets' hidden
+    weights keep PyTorch's default U(±1/√fan_in) (their biases are 0 too). `generator` makes the draw
+    a function of the seed.
     """
 
     def __init__(
@@ -33,16 +35,22 @@ class MLP(UnitNetwork):
         self.activation_name = activation
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.activation = make_activation(activation)
+        self._activation_fn = self.activation.forward
+        self._hidden = list(self.layers[:-1])
+        self._output = self.layers[-1]
         for index, layer in enumerate(self.layers):
             is_output = index == len(self.layers) - 1
             _initialise(layer, "linear" if is_output else activation, generator)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # functional calls: at one example per step, nn.Module call overhead is a visible share
         activations = []
-        for layer in self.layers[:-1]:
-            x = self.activation(layer(x))
+        act = self._activation_fn
+        for layer in self._hidden:
+            x = act(F.linear(x, layer.weight, layer.bias))
             activations.append(x)
-        return self.layers[-1](x), activations
+        out = self._output
+        return F.linear(x, out.weight, out.bias), activations
 
     def unit_groups(self) -> list[UnitGroup]:
         return [
@@ -53,10 +61,10 @@ class MLP(UnitNetwork):
 
 def _initialise(layer: nn.Linear, activation: str, generator: torch.Generator | None) -> None:
     with torch.no_grad():
-        if activation == "selu":  # PyTorch's default nn.Linear init, drawn from our generator
+        if activation == "selu":  # PyTorch's default weight init, drawn from our generator
             bound = 1.0 / math.sqrt(layer.in_features)
             layer.weight.uniform_(-bound, bound, generator=generator)
-            layer.bias.uniform_(-bound, bound, generator=generator)
+            layer.bias.zero_()  # all biases start at 0 (spec/networks.md; the original zeroes it too)
             return
         bound = init_gain(activation) * math.sqrt(3.0 / layer.in_features)
         layer.weight.uniform_(-bound, bound, generator=generator)

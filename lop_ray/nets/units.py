@@ -59,12 +59,15 @@ class UnitGroup:
     def outgoing_magnitude(self) -> torch.Tensor:
         """Mean |outgoing weight| of each unit, over every output and column it feeds."""
         weight = self.outgoing.weight.detach().abs()
+        if weight.dim() == 2 and self.fan_out_per_unit == 1:  # linear → linear, the hot path
+            return weight.mean(dim=0)
         per_column = weight.transpose(0, 1).reshape(weight.shape[1], -1).mean(dim=1)
         return per_column.reshape(self.width, self.fan_out_per_unit).mean(dim=1)
 
     def incoming_magnitude(self) -> torch.Tensor:
         """Mean |incoming weight| of each unit."""
-        return self.incoming.weight.detach().abs().reshape(self.width, -1).mean(dim=1)
+        weight = self.incoming.weight.detach().abs()
+        return weight.mean(dim=1) if weight.dim() == 2 else weight.reshape(self.width, -1).mean(dim=1)
 
     def outgoing_sum(self, units: torch.Tensor) -> torch.Tensor:
         """(units, out_features): each unit's outgoing weights summed over its columns and kernel.

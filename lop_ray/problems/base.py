@@ -15,7 +15,7 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-Real = Annotated[float, BeforeValidator(_not_bool)]
+Real = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]  # finite
 Count = Annotated[int, BeforeValidator(_not_bool)]
 Rate = Annotated[Real, Field(ge=0, le=1)]
 

@@ -75,7 +75,8 @@ def regression_steps(settings: RegressionProblem, num_tasks: int) -> int:
     total = num_tasks * settings.flip_after
     if total % per_step:
         raise ValueError(
-            f"num_tasks × flip_after = {total} examples is not a whole number of steps of {per_step}"
+            f"examples_per_step ({per_step}) must divide num_tasks × flip_after = {total} examples "
+            "(a trial is a whole number of steps)"
         )
     return total // per_step
 

@@ -46,7 +46,7 @@ class LopTrainable(tune.Trainable):
         self.tracking = config["tracking"]
         cpus = int(self.trial_resources.required_resources.get("CPU", 1)) if self.trial_resources else 1
         torch.set_num_threads(max(1, cpus))
-        use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+        use_gpu = ray.is_initialized() and bool(ray.get_gpu_ids()) and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.experiment = self.build_experiment(self.trial_config, self.device)
         self.num_steps = int(self.trial_config["num_steps"])

@@ -1,0 +1,171 @@
+"""The sweep files shipped in sweeps/: every one validates, and the regression files are the paper's
+(spec/problems.md §1): 100 runs, 1M examples (3M for flip_one), the stated grids, `fidelity: original`,
+CBP's maturity stated explicitly. Only validation here: nothing runs, Ray is not imported."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from lop_ray.schema import Sweep, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = ROOT / "sweeps"
+REGRESSION = SWEEPS / "regression"
+
+ALL_FILES = sorted(p for p in SWEEPS.rglob("*") if p.suffix in (".yaml", ".yml"))
+REGRESSION_FILES = sorted(p for p in ALL_FILES if REGRESSION in p.parents)
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "leaky_relu", "swish")
+BP_STEPS = {0.01, 0.003, 0.001}
+WD_TO_1E_1 = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1}
+WD_TO_1E0 = WD_TO_1E_1 | {1.0}
+L2_GRID = {a: WD_TO_1E0 if a in ("relu", "leaky_relu", "swish") else WD_TO_1E_1 for a in ACTIVATIONS}
+SIGMAS = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1}
+SNP_LAMBDA = {
+    "sgd": {"relu": 1e-2, "leaky_relu": 1e-2, "swish": 1e-2, "tanh": 1e-2, "sigmoid": 1e-3, "elu": 1e-3},
+    "adam": {"relu": 1e-2, "elu": 1e-4, "leaky_relu": 1e-3, "sigmoid": 1e-3, "swish": 1e-3, "tanh": 1e-3},
+}
+
+# file (relative to sweeps/regression) -> (optimizer, activation or None for linear, bit_change, examples)
+EXPECTED_FILES: dict[str, tuple[str, str | None, str, int]] = {
+    **{
+        f"{opt}/{a}{kind}.yaml": (opt, a, "redraw", 10**6)
+        for opt in ("sgd", "adam")
+        for a in ACTIVATIONS
+        for kind in ("", "_wd", "_snp")
+    },
+    "sgd/linear.yaml": ("sgd", None, "redraw", 10**6),
+    "adam/linear.yaml": ("adam", None, "redraw", 10**6),
+    "sgd/cbp_relu.yaml": ("sgd", "relu", "redraw", 10**6),
+    **{f"flip_one/{a}.yaml": ("sgd", a, "flip_one", 3 * 10**6) for a in ACTIVATIONS},
+    "flip_one/linear.yaml": ("sgd", None, "flip_one", 3 * 10**6),
+}
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(REGRESSION).as_posix()
+
+
+@functools.cache
+def _load(path: Path) -> Sweep:
+    return load_sweep(path)
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, Sweep]:
+    return {_rel(p): _load(p) for p in REGRESSION_FILES}
+
+
+def test_there_are_sweep_files():
+    assert ALL_FILES, "no sweep files under sweeps/"
+    assert {_rel(p) for p in REGRESSION_FILES} == set(EXPECTED_FILES)
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=[p.relative_to(SWEEPS).as_posix() for p in ALL_FILES])
+def test_every_sweep_file_validates(path: Path):
+    sweep = _load(path)
+    assert sweep.trials and sweep.steps_per_trial > 0
+
+
+def test_sweep_names_are_unique():
+    """Results land in <storage>/<name>: two files with one name would mix their results."""
+    names = [_load(p).name for p in ALL_FILES]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+@pytest.mark.parametrize("rel", sorted(EXPECTED_FILES))
+def test_regression_file_runs_at_the_papers_scale(rel: str, loaded):
+    optimizer, activation, bit_change, examples = EXPECTED_FILES[rel]
+    sweep = loaded[rel]
+    document = sweep.document
+    assert document["fidelity"] == "original"
+    assert document["resources"] == {"cpu": 1, "gpu": 0}
+    assert document["storage"] == "./results" == sweep.storage
+    assert document["description"].strip()
+    assert sweep.problem == "slowly_changing_regression"
+
+    seeds = sorted({t["seed"] for t in sweep.trials})
+    assert seeds == list(range(100)), "100 runs, seeds 0-99 (the same streams in every file)"
+    for trial in sweep.trials:
+        settings = trial["problem_settings"]
+        assert settings["flip_after"] == 10_000
+        assert trial["num_tasks"] * settings["flip_after"] == examples
+        assert settings["bit_change"] == bit_change
+        assert (settings["num_inputs"], settings["num_slow_bits"]) == (20, 15)
+        assert (settings["target_hidden_units"], settings["threshold_beta"]) == (100, 0.7)
+        assert trial["fidelity"] == "original"
+        if activation is None:
+            assert trial["network"]["hidden_units"] == 0
+        else:
+            assert trial["network"] == {"activation": activation, "hidden_units": 5}
+        hyper = trial["hyperparameters"]
+        assert hyper["optimizer"] == optimizer
+        if optimizer == "adam":
+            assert (hyper["beta1"], hyper["beta2"]) == (0.9, 0.999)
+        else:
+            assert hyper["momentum"] == 0
+    # every grid point is run on every seed
+    points = {repr(sorted(t["hyperparameters"].items())) for t in sweep.trials}
+    assert len(sweep.trials) == 100 * len(points)
+
+
+def _grid(sweep: Sweep, key: str) -> set:
+    return {t["hyperparameters"][key] for t in sweep.trials}
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_regression_grids_follow_the_spec(activation: str, loaded):
+    for optimizer in ("sgd", "adam"):
+        bp = loaded[f"{optimizer}/{activation}.yaml"]
+        assert {t["algorithm"] for t in bp.trials} == {"bp"}
+        assert _grid(bp, "step_size") == BP_STEPS
+
+        l2 = loaded[f"{optimizer}/{activation}_wd.yaml"]
+        assert {t["algorithm"] for t in l2.trials} == {"l2"}
+        assert _grid(l2, "step_size") == {0.01}
+        assert _grid(l2, "weight_decay") == L2_GRID[activation]
+
+        snp = loaded[f"{optimizer}/{activation}_snp.yaml"]
+        assert {t["algorithm"] for t in snp.trials} == {"snp"}
+        assert _grid(snp, "step_size") == {0.01}
+        assert _grid(snp, "weight_decay") == {SNP_LAMBDA[optimizer][activation]}
+        assert _grid(snp, "perturb_scale") == SIGMAS
+
+    flip = loaded[f"flip_one/{activation}.yaml"]
+    assert {t["algorithm"] for t in flip.trials} == {"bp"}
+    assert _grid(flip, "step_size") == BP_STEPS
+
+
+def test_linear_learners(loaded):
+    assert _grid(loaded["sgd/linear.yaml"], "step_size") == {0.01}
+    assert _grid(loaded["adam/linear.yaml"], "step_size") == {0.01}
+    assert _grid(loaded["flip_one/linear.yaml"], "step_size") == {0.03, 0.01, 0.003, 0.001, 0.0003}
+
+
+def test_cbp_is_the_original_configuration(loaded):
+    sweep = loaded["sgd/cbp_relu.yaml"]
+    [entry] = sweep.document["algorithms"]
+    assert entry["algorithm"] == "cbp"
+    # the maturity is stated in the file, both values: the original ran with 10, its config says 100
+    assert "maturity_threshold" in entry and entry["maturity_threshold"] == [10, 100]
+    # the fidelity options are stated too, not left to the `fidelity:` switch
+    assert entry["bias_correction"] is False and entry["reset_optimizer_state"] is False
+    assert {t["algorithm"] for t in sweep.trials} == {"cbp"}
+    assert _grid(sweep, "replacement_rate") == {1e-6, 1e-5, 1e-4, 1e-3, 1e-2}
+    assert _grid(sweep, "maturity_threshold") == {10, 100}
+    for key, value in {
+        "step_size": 0.01,
+        "weight_decay": 0.0,
+        "decay_rate": 0.99,
+        "util_type": "adaptable_contribution",
+        "accumulate": False,
+        "init": "kaiming",
+        "replacement_base": "eligible",
+        "bias_correction": False,
+        "reset_optimizer_state": False,
+    }.items():
+        assert _grid(sweep, key) == {value}, key
+    assert len(sweep.trials) == 100 * 5 * 2

@@ -1,0 +1,126 @@
+"""Exact resume: from a trainable checkpoint, and after SIGKILL of a whole running sweep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from lop_ray.schema import load_sweep
+from lop_ray.tracking import embedded_tracking_uri, ensure_experiment, start_sweep_run
+from lop_ray.trainables.regression import RegressionTrainable
+from tests.conftest import TINY_REGRESSION, write_sweep
+from tests.test_sweep_ray import assert_runs_match_reference
+
+LOP_RAY = str(Path(sys.executable).with_name("lop-ray"))
+METRICS = ("squared_error", "examples", "weight_magnitude", "replaced_units")
+
+
+def _trainable_config(tmp_path: Path, trial: dict) -> dict:
+    uri = embedded_tracking_uri(tmp_path)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "resume", (tmp_path / "artifacts").as_uri())
+    parent = start_sweep_run(client, experiment_id, "resume", trial["problem"], {})
+    return {"trial": trial, "tracking": {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent}}
+
+
+def test_restored_trainable_continues_bit_identically_in_its_own_run(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", TINY_REGRESSION.format(name="s", num_tasks=3, storage=tmp_path))
+    trial = next(t for t in load_sweep(path).trials if t["algorithm"] == "cbp")
+    config = _trainable_config(tmp_path, trial)
+
+    straight = RegressionTrainable(config)
+    expected = [straight.train() for _ in range(6)]
+    straight.stop()
+
+    first = RegressionTrainable(config)
+    got = [first.train() for _ in range(2)]
+    checkpoint = first.save(str(tmp_path / "ckpt"))
+    first.train()  # a step past the checkpoint, as when a trial dies after logging, before saving
+    first.stop()
+    resumed = RegressionTrainable(config)
+    resumed.restore(checkpoint)
+    got += [resumed.train() for _ in range(4)]
+    resumed.stop()
+
+    for key in METRICS:
+        assert [r[key] for r in got] == [r[key] for r in expected], key
+    client = MlflowClient(config["tracking"]["uri"])
+    runs = client.search_runs([config["tracking"]["experiment_id"]], "tags.`lop_ray.kind` = 'trial'")
+    resumed_run = next(r for r in runs if r.info.run_id == resumed._run_id)
+    history = client.get_metric_history(resumed_run.info.run_id, "squared_error")
+    assert sorted(m.step for m in history) == list(range(6))  # each step once, none lost
+    assert resumed_run.info.status == "FINISHED"
+
+
+def _session_processes(session_id: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                zombie = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                if os.getsid(int(entry)) == session_id and not zombie:
+                    pids.append(int(entry))
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+    return pids
+
+
+def _kill_session(session_id: int) -> None:
+    """SIGKILL the driver and every process it started (Ray's GCS, raylet, trial workers)."""
+    deadline = time.monotonic() + 30
+    while (pids := _session_processes(session_id)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    assert not _session_processes(session_id)
+
+
+def test_sweep_killed_mid_run_resumes_with_nothing_lost(tmp_path, ray_tmp):
+    storage = tmp_path / "results"
+    path = write_sweep(
+        tmp_path / "kill.yaml", TINY_REGRESSION.format(name="kill", num_tasks=8, storage=storage)
+    )
+    sweep = load_sweep(path)
+    results = storage / "kill"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    log = open(tmp_path / "sweep.log", "w")
+    driver = subprocess.Popen(
+        [LOP_RAY, "sweep", str(path), "--quiet"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            checkpoints = list(results.glob("*/checkpoint_*/state.pt"))
+            if len(checkpoints) >= 3 and list(results.glob("experiment_state-*.json")):
+                break
+            assert driver.poll() is None, (tmp_path / "sweep.log").read_text()
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no checkpoints within 240 s:\n" + (tmp_path / "sweep.log").read_text())
+    finally:
+        _kill_session(driver.pid)
+        driver.wait()
+    finished = [
+        p for p in results.glob("*/result.json") if len(p.read_text().splitlines()) == sweep.steps_per_trial
+    ]
+    assert len(finished) < len(sweep.trials), "the sweep finished before it could be killed"
+
+    resumed = subprocess.run(
+        [LOP_RAY, "resume", str(results), "--quiet"], capture_output=True, text=True, env=env, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "results:" in resumed.stdout and "mlflow ui" in resumed.stdout
+    assert_runs_match_reference(embedded_tracking_uri(results), sweep)
