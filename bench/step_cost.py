@@ -1,9 +1,9 @@
 """Per-example cost of each regression learner (µs/step), measured side by side in one run.
 
 One learner step = forward, loss, backward, optimizer step, interventions, on one example of
-slowly-changing regression (20 → 5 → 1, relu), as the paper's runs do. Also compares our
-`apply_gradients` SGD with PyTorch's `torch.optim.SGD` driven through `.grad`, which is why the
-learners use their own optimizers.
+slowly-changing regression (20 → 5 → 1, relu), as the paper's runs do. Also compares, on the same
+learners, the MLP's hand-written backward with autograd, and our `apply_gradients` SGD with
+PyTorch's `torch.optim.SGD` driven through `.grad`: the reasons the learners use both.
 
     .venv/bin/python bench/step_cost.py [--examples 5000] [--repeats 5]
 """
@@ -30,8 +30,12 @@ LEARNERS = {
 }
 
 
-def make(settings: LearnerSettings, examples: int, torch_sgd: bool = False) -> RegressionExperiment:
+def make(
+    settings: LearnerSettings, examples: int, torch_sgd: bool = False, autograd: bool = False
+) -> RegressionExperiment:
     experiment = RegressionExperiment(RegressionConfig(examples_per_step=examples, learner=settings))
+    if autograd:  # what every step cost before the MLP's hand-written backward
+        experiment.learner._hand_gradients = None
     if torch_sgd:
         learner = experiment.learner
         learner.optimizer = torch.optim.SGD(experiment.net.parameters(), lr=settings.step_size)
@@ -53,6 +57,8 @@ def main() -> None:
     torch.set_num_threads(1)
     runs = {name: make(s, args.examples) for name, s in LEARNERS.items()}
     runs["bp (torch.optim.SGD)"] = make(LEARNERS["bp (sgd)"], args.examples, torch_sgd=True)
+    runs["bp (sgd, autograd)"] = make(LEARNERS["bp (sgd)"], args.examples, autograd=True)
+    runs["cbp (sgd, autograd)"] = make(LEARNERS["cbp (sgd)"], args.examples, autograd=True)
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved, so load changes hit every learner alike
         for name, experiment in runs.items():

@@ -46,6 +46,15 @@ class Aggregate:
     mean: np.ndarray
     stderr: np.ndarray
     seeds: int
+    per_seed: np.ndarray  # (seeds, bins)
+
+    def window(self, fraction: float, late: bool) -> tuple[float, float]:
+        """Mean ± SE over seeds of each seed's mean over the first (or last) `fraction` of the bins:
+        steadier than a single bin, whose value depends on how hard that bin's targets happen to be."""
+        count = max(1, int(len(self.x) * fraction))
+        per_seed = (self.per_seed[:, -count:] if late else self.per_seed[:, :count]).mean(axis=1)
+        stderr = per_seed.std(ddof=1) / math.sqrt(len(per_seed)) if len(per_seed) > 1 else 0.0
+        return float(per_seed.mean()), float(stderr)
 
 
 def load_trial_records(results_dir: str | Path) -> list[TrialRecord]:
@@ -93,7 +102,7 @@ def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int | 
         stacked = np.stack([c[:length] for c in curves])
         stderr = stacked.std(axis=0, ddof=1) / math.sqrt(len(curves)) if len(curves) > 1 else np.zeros(length)
         aggregates.append(
-            Aggregate(line, x_of_line[line][:length], stacked.mean(axis=0), stderr, len(curves))
+            Aggregate(line, x_of_line[line][:length], stacked.mean(axis=0), stderr, len(curves), stacked)
         )
     return aggregates
 

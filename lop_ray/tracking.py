@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,8 +32,11 @@ def embedded_tracking_uri(results_dir: str | Path) -> str:
 
 
 def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this store (the `mlflow` beside this Python)."""
     if tracking_uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+        beside = Path(sys.executable).with_name("mlflow")
+        mlflow = str(beside) if beside.exists() else "mlflow"
+        return f"{mlflow} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
     return f"open {tracking_uri} in a browser"
 
 

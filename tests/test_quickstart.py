@@ -31,7 +31,7 @@ def test_quickstart_shows_bp_losing_plasticity_and_cbp_keeping_it(tmp_path, ray_
         timeout=1400,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "last / first" in run.stdout and "mlflow ui" in run.stdout
+    assert "last / first" in run.stdout and "mlflow ui --backend-store-uri sqlite:" in run.stdout
     results = tmp_path / "quickstart"
     assert (results / "squared_error.png").stat().st_size > 10_000
 
@@ -42,13 +42,12 @@ def test_quickstart_shows_bp_losing_plasticity_and_cbp_keeping_it(tmp_path, ray_
     assert all(c.seeds == 2 and len(c.x) == 12 for c in curves.values())
 
     def early_late(line: str) -> tuple[float, float]:  # mean of the first and last three bins
-        mean = curves[line].mean
-        return mean[:3].mean(), mean[-3:].mean()
+        return curves[line].window(0.25, late=False)[0], curves[line].window(0.25, late=True)[0]
 
     bp_early, bp_late = early_late("bp")
     cbp_early, cbp_late = early_late("cbp")
     assert bp_late > 1.5 * bp_early, (bp_early, bp_late)
-    assert cbp_late < 1.1 * cbp_early, (cbp_early, cbp_late)
+    assert cbp_late < 1.25 * cbp_early, (cbp_early, cbp_late)  # measured: 1.02 (bp: 1.96)
     assert cbp_late < 0.6 * bp_late
 
     client = MlflowClient(embedded_tracking_uri(results))

@@ -122,5 +122,5 @@ def test_sweep_killed_mid_run_resumes_with_nothing_lost(tmp_path, ray_tmp):
         [LOP_RAY, "resume", str(results), "--quiet"], capture_output=True, text=True, env=env, timeout=400
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "results:" in resumed.stdout and "mlflow ui" in resumed.stdout
+    assert "results:" in resumed.stdout and "mlflow ui --backend-store-uri sqlite:" in resumed.stdout
     assert_runs_match_reference(embedded_tracking_uri(results), sweep)

@@ -80,3 +80,25 @@ def test_sweep_runs_trials_concurrently_and_logs_to_mlflow(tmp_path, local_ray):
         spans.append((first["timestamp"] - first["time_this_iter_s"], last["timestamp"]))
     spans.sort()
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), spans
+
+
+def test_every_algorithm_of_a_seed_sees_the_same_stream(tmp_path):
+    """The seeding rule: the data stream depends on the run seed alone, not on what the learner
+    draws (CBP and S&P draw from their own generator)."""
+    path = write_sweep(tmp_path / "s.yaml", TINY_REGRESSION.format(name="s", num_tasks=2, storage=tmp_path))
+    trials = [t for t in load_sweep(path).trials if t["seed"] == 1]
+    streams = []
+    for trial in trials:
+        experiment = RegressionExperiment(config_from_trial(trial))
+        experiment.run_step()  # the learner draws; the stream must not notice
+        streams.append(experiment.stream.take(450))
+    assert len({t["algorithm"] for t in trials}) == 2
+    for x, y in streams[1:]:
+        assert torch.equal(x, streams[0][0]) and torch.equal(y, streams[0][1])
+
+
+def test_resume_of_a_directory_without_a_sweep_is_rejected(tmp_path, capsys):
+    from lop_ray.cli import main
+
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "not a lop-ray sweep's results directory" in capsys.readouterr().err

@@ -41,12 +41,22 @@ class Backprop:
         self.interventions = list(interventions)
         # gradients come back in this order, the optimizer's own, so they can be handed over as a list
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        # a network may compute its gradients by hand (MLPs: no autograd overhead per step) when the
+        # optimizer holds exactly its parameters, in the same order
+        same_order = len(self._params) == len(list(net.parameters())) and all(
+            a is b for a, b in zip(self._params, net.parameters(), strict=False)
+        )
+        self._hand_gradients = getattr(net, "loss_and_gradients", None) if same_order else None
 
     def learn(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on (x, y). Returns the loss and output of the forward pass *before* the update."""
-        output, activations = self.net(x)
-        loss = self.loss_fn(output, y)
-        grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+        computed = self._hand_gradients(x, y, self.loss_fn) if self._hand_gradients else None
+        if computed is None:
+            output, activations = self.net(x)
+            loss = self.loss_fn(output, y)
+            grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+        else:
+            loss, output, activations, grads = computed
         self._apply(grads)
         if self.interventions:
             detached = [h.detach() for h in activations]

@@ -54,44 +54,55 @@ class Adam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def apply_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:
-        """One update with `grads` given in the order of the parameters (see `Backprop.learn`)."""
-        grads = iter(grads)
-        for group in self.param_groups:
+        """One update with `grads` given in the order of the parameters (see `Backprop.learn`).
+
+        Multi-tensor (`torch._foreach_*`) kernels: one call per operation for all parameters.
+        """
+        for group, params, grads_ in _with_gradients(self.param_groups, grads):
             beta1, beta2 = group["betas"]
             lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-            for param in group["params"]:
-                grad = next(grads)
-                if grad is None:
-                    continue
-                if weight_decay and group["decoupled_weight_decay"]:
-                    param.mul_(1.0 - lr * weight_decay)
-                elif weight_decay:
-                    grad = grad.add(param, alpha=weight_decay)
-                state = self.state[param]
-                if not state:
-                    state["step"] = torch.zeros_like(param)
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
-                step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                step.add_(1.0)
-                exp_avg.lerp_(grad, 1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                bias_correction1 = _bias_correction(beta1, step)
-                bias_correction2_sqrt = _bias_correction(beta2, step).sqrt()
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-                param.addcdiv_(exp_avg / bias_correction1, denom, value=-lr)
+            if weight_decay and group["decoupled_weight_decay"]:
+                torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+            elif weight_decay:
+                grads_ = torch._foreach_add(grads_, params, alpha=weight_decay)
+            states = [self._state_of(p) for p in params]
+            steps = [state["step"] for state in states]
+            exp_avgs = [state["exp_avg"] for state in states]
+            exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+            torch._foreach_add_(steps, 1.0)
+            torch._foreach_lerp_(exp_avgs, grads_, 1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads_, grads_, value=1.0 - beta2)
+            bias_correction1 = _bias_correction(beta1, steps)
+            bias_correction2_sqrt = _bias_correction(beta2, steps)
+            torch._foreach_sqrt_(bias_correction2_sqrt)
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, bias_correction2_sqrt)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(params, torch._foreach_div(exp_avgs, bias_correction1), denom, value=-lr)
+
+    def _state_of(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros_like(param)
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        return state
 
 
-def _bias_correction(beta: float, step: torch.Tensor) -> torch.Tensor:
-    """1 − β^step per element, accurate in the step tensor's dtype.
+def _bias_correction(beta: float, steps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """1 − β^step per element, accurate in the step tensors' dtype.
 
     `1 − torch.pow(β, step)` in float32 rounds β first (0.999 → 0.99900001) and then cancels: it is
     1.3e-5 too small at step 1, so a fresh element's first update is lr·(1 − 6e-6) rather than lr
     (PyTorch's Adam computes it in float64). −expm1(step·ln β), ln β in float64, does not cancel.
     """
     if beta == 0.0:
-        return torch.ones_like(step)
-    return -torch.expm1(step * math.log(beta))
+        return [torch.ones_like(step) for step in steps]
+    corrections = torch._foreach_mul(steps, math.log(beta))
+    torch._foreach_expm1_(corrections)
+    torch._foreach_neg_(corrections)
+    return corrections
 
 
 class SGD(torch.optim.Optimizer):
@@ -113,24 +124,29 @@ class SGD(torch.optim.Optimizer):
     @torch.no_grad()
     def apply_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:
         """One update with `grads` given in the order of the parameters (see `Backprop.learn`)."""
-        grads = iter(grads)
-        for group in self.param_groups:
+        for group, params, grads_ in _with_gradients(self.param_groups, grads):
             lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
-            for param in group["params"]:
-                grad = next(grads)
-                if grad is None:
-                    continue
-                if weight_decay:
-                    grad = grad.add(param, alpha=weight_decay)
-                if momentum:
-                    state = self.state[param]
-                    buffer = state.get("momentum_buffer")
-                    if buffer is None:
-                        buffer = state["momentum_buffer"] = grad.clone()
-                    else:
-                        buffer.mul_(momentum).add_(grad)
-                    grad = buffer
-                param.add_(grad, alpha=-lr)
+            if weight_decay:
+                grads_ = torch._foreach_add(grads_, params, alpha=weight_decay)
+            if momentum:
+                buffers = [self.state[p].get("momentum_buffer") for p in params]
+                if any(b is None for b in buffers):  # first step: the buffer starts as the gradient
+                    for param, grad in zip(params, grads_, strict=True):
+                        self.state[param]["momentum_buffer"] = grad.clone()
+                else:
+                    torch._foreach_mul_(buffers, momentum)
+                    torch._foreach_add_(buffers, grads_)
+                grads_ = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_add_(params, grads_, alpha=-lr)
+
+
+def _with_gradients(param_groups: list[dict], grads: Sequence[torch.Tensor | None]):
+    """(group, params, grads) per parameter group, leaving out parameters without a gradient."""
+    grads = iter(grads)
+    for group in param_groups:
+        pairs = [(p, g) for p, g in zip(group["params"], grads, strict=False) if g is not None]
+        if pairs:
+            yield group, [p for p, _ in pairs], [g for _, g in pairs]
 
 
 def _step_from_grad_attributes(optimizer, closure) -> torch.Tensor | None:

@@ -4,13 +4,14 @@ the deep MLP of permuted MNIST (784 → 2000 × 3 → 10) are all `MLP`s of diff
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from lop_ray.nets.activations import init_gain, make_activation
+from lop_ray.nets.mlp_gradients import mlp_loss_and_gradients
 from lop_ray.nets.units import UnitGroup, UnitNetwork
 
 
@@ -51,6 +52,21 @@ class MLP(UnitNetwork):
             activations.append(x)
         out = self._output
         return F.linear(x, out.weight, out.bias), activations
+
+    def loss_and_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
+        """Loss, output, hidden activations and gradients (in `parameters()` order) without autograd;
+        None where the loss has no hand-written backward (see `mlp_gradients`)."""
+        with torch.no_grad():
+            return mlp_loss_and_gradients(
+                [layer.weight for layer in self.layers],
+                [layer.bias for layer in self.layers],
+                self.activation_name,
+                x,
+                target,
+                loss_fn,
+            )
 
     def unit_groups(self) -> list[UnitGroup]:
         return [
