@@ -26,7 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     resume.add_argument("results_dir", help="the sweep's results directory (<storage>/<name>)")
     resume.add_argument("--quiet", action="store_true", help="no progress display (for job logs)")
 
+    report = commands.add_parser("report", help="figures (PNG, SVG) and curves.csv from a sweep's results")
+    report.add_argument("results_dir", help="the sweep's results directory (<storage>/<name>)")
+    report.add_argument("--out", help="where the figures go (default: the results directory)")
+    report.add_argument("--export", metavar="OUT_DIR", help="also write OUT_DIR/curves.csv")
+
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return _report(args.results_dir, args.out, args.export)
     try:
         if args.command == "sweep":
             spec = load_sweep(args.file, storage=args.storage)
@@ -44,6 +51,32 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(error.problems), file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_TRIALS_FAILED if outcome.errors else 0
+
+
+def _report(results_dir: str, out: str | None, export: str | None) -> int:
+    from pathlib import Path
+
+    from lop_ray import report
+
+    records = report.load_trial_records(results_dir)
+    if not records:
+        print(
+            f"{results_dir}: no trials here (no */params.json): not a sweep's results directory",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    problem = records[0].trial["problem"]
+    name = records[0].trial["sweep"]
+    figure, _ = report.headline_figure(results_dir, problem, f"{name}: {problem}", Path(out or results_dir))
+    if figure is None:
+        print(
+            f"{results_dir}: no trial has reported {report.HEADLINE[problem]['metric']} yet", file=sys.stderr
+        )
+    else:
+        print(f"figure: {figure} and {figure.with_suffix('.svg')}")
+    if export:
+        print(f"curves: {report.export_curves(results_dir, export)}")
+    return 0
 
 
 if __name__ == "__main__":

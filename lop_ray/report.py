@@ -7,6 +7,7 @@ and resumed sweeps alike.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
@@ -74,6 +75,22 @@ def load_trial_records(results_dir: str | Path) -> list[TrialRecord]:
     return records
 
 
+def binned_metric(
+    record: TrialRecord, metric: str, x_key: str, bin_x: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One trial's metric as the paper bins it: the mean over each complete bin of `bin_x` x-units
+    (None: one bin per step); returns (x at each bin's end, bin means)."""
+    rows = [row for row in record.rows if metric in row]
+    if not rows:
+        return np.zeros(0), np.zeros(0)
+    x = np.array([row[x_key] for row in rows], dtype=float)
+    y = np.array([row[metric] for row in rows], dtype=float)
+    steps_per_bin = max(1, int(round(bin_x / x[0]))) if bin_x else 1
+    bins = len(y) // steps_per_bin
+    binned = y[: bins * steps_per_bin].reshape(bins, steps_per_bin).mean(axis=1)
+    return x[steps_per_bin - 1 :: steps_per_bin][:bins], binned
+
+
 def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int | None) -> list[Aggregate]:
     """Per line: bin each seed's steps into bins of `bin_x` (x units; None: one bin per step), then
     mean ± SE over seeds.
@@ -84,18 +101,11 @@ def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int | 
     by_line: dict[str, list[np.ndarray]] = {}
     x_of_line: dict[str, np.ndarray] = {}
     for record in records:
-        if not record.rows:
+        x, binned = binned_metric(record, metric, x_key, bin_x)
+        if len(binned) == 0:
             continue
-        x = np.array([row[x_key] for row in record.rows], dtype=float)
-        y = np.array([row[metric] for row in record.rows], dtype=float)
-        per_step = x[0]
-        steps_per_bin = max(1, int(round(bin_x / per_step))) if bin_x else 1
-        bins = len(y) // steps_per_bin
-        if bins == 0:
-            continue
-        binned = y[: bins * steps_per_bin].reshape(bins, steps_per_bin).mean(axis=1)
         by_line.setdefault(record.line, []).append(binned)
-        x_of_line[record.line] = x[steps_per_bin - 1 :: steps_per_bin][:bins]
+        x_of_line[record.line] = x
     aggregates = []
     for line, curves in sorted(by_line.items()):
         length = min(len(c) for c in curves)
@@ -128,12 +138,16 @@ def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str,
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
     return path
 
 
-def headline_figure(results_dir: str | Path, problem: str, title: str) -> tuple[Path | None, list[Aggregate]]:
-    """The problem's headline curve (regression: binned online error) as `<results>/<metric>.png`."""
+def headline_figure(
+    results_dir: str | Path, problem: str, title: str, out_dir: str | Path | None = None
+) -> tuple[Path | None, list[Aggregate]]:
+    """The problem's headline curve (regression: binned online error) as `<out>/<metric>.png` and
+    `.svg` (out: the results directory unless given)."""
     spec = HEADLINE[problem]
     records = load_trial_records(results_dir)
     aggregates = aggregate(records, spec["metric"], spec["x"], spec["bin_x"])
@@ -142,7 +156,47 @@ def headline_figure(results_dir: str | Path, problem: str, title: str) -> tuple[
         title += f" (per step: shorter than two bins of {spec['bin_x']:,})"
     if not aggregates:
         return None, []
-    path = plot(
-        aggregates, Path(results_dir) / f"{spec['metric']}.png", title, spec["xlabel"], spec["ylabel"]
-    )
+    out = Path(out_dir if out_dir is not None else results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = plot(aggregates, out / f"{spec['metric']}.png", title, spec["xlabel"], spec["ylabel"])
     return path, aggregates
+
+
+# what `export_curves` writes per problem: (metric, x key, bin width in x units), spec/metrics.md
+EXPORTED_METRICS = {
+    "slowly_changing_regression": [("squared_error", "examples", 20_000)],
+}
+CURVE_COLUMNS = ["sweep", "trial_id", "problem", "algorithm", "label"]
+
+
+def export_curves(results_dir: str | Path, out_dir: str | Path) -> Path:
+    """`curves.csv` in long format: one row per (trial, seed, metric, bin), with every
+    hyper-parameter that varies in the sweep as its own column."""
+    records = [r for r in load_trial_records(results_dir) if r.rows]
+    varying = sorted({key for r in records for key in r.trial["varying"]})
+    columns = CURVE_COLUMNS + varying + ["fidelity", "seed", "metric", "bin", "x", "value"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "curves.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for record in records:
+            trial = record.trial
+            base = {
+                "sweep": trial["sweep"],
+                "trial_id": record.rows[0].get("trial_id", ""),
+                "problem": trial["problem"],
+                "algorithm": trial["algorithm"],
+                "label": trial["label"],
+                **{key: trial["varying"].get(key, "") for key in varying},
+                "fidelity": trial["fidelity"],
+                "seed": trial["seed"],
+            }
+            for metric, x_key, bin_x in EXPORTED_METRICS[trial["problem"]]:
+                xs, values = binned_metric(record, metric, x_key, bin_x)
+                for index, (x, value) in enumerate(zip(xs, values, strict=True)):
+                    writer.writerow(
+                        {**base, "metric": metric, "bin": index, "x": int(x), "value": repr(float(value))}
+                    )
+    return path

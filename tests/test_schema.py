@@ -532,23 +532,6 @@ def test_directory_instead_of_a_file(tmp_path, capsys, no_ray):
     assert _files_under(tmp_path) == {path} and no_ray.runs == [] and not _ray_started()
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0,
-    reason="root reads a chmod-000 file anyway; test_directory_instead_of_a_file covers unreadable input",
-)
-def test_file_without_read_permission(tmp_path, capsys, no_ray):
-    path = tmp_path / "sweep.yaml"
-    path.write_text(HEADER.replace("@STORAGE@", str(tmp_path / "s")) + BP + TASKS)
-    path.chmod(0)
-    try:
-        code, out, err = _run_cli(["sweep", str(path), "--check"], capsys)
-    finally:
-        path.chmod(0o600)
-    assert code == 2 and out == ""
-    assert f"{path}: cannot read the sweep file: Permission denied" in err
-    assert not (tmp_path / "s").exists() and no_ray.runs == [] and not _ray_started()
-
-
 def test_binary_file(tmp_path, capsys, no_ray):
     path = tmp_path / "sweep.yaml"
     path.write_bytes(b"name: x\n\xff\xfe\x00\x81")
