@@ -3,9 +3,10 @@
 A trial's run id lives in its checkpoint, so a restored trial continues its own run; a trial that
 dies before its first checkpoint finds its run again by the sweep's run id and its trial index. Because a trial
 is deterministic, the steps between its last checkpoint and a crash are recomputed with identical
-values after a resume; each run records the last step it holds (a tag written in the same batch as
-the metrics), and steps it already holds are not logged again. So after any kill and resume a run has
-every step exactly once.
+values after a resume; steps the run already holds are not logged again. Which steps it holds is read
+from a `step_index` metric logged with every step's metrics: MLflow writes one batch's metrics in one
+transaction (but its tags and params in others), so that metric is there exactly when the step's
+metrics are. So after any kill and resume a run has every step exactly once.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-LAST_STEP_TAG = "lop_ray.last_step"
+STEP_METRIC = "step_index"
 TRIAL_INDEX_TAG = "lop_ray.trial_index"
 _BATCH = 100  # MLflow's limit of params per log_batch call
 
@@ -103,7 +104,11 @@ class TrialTracker:
         if run_id is None:  # no checkpoint yet; the trial may still have started a run before it died
             run_id = self._find(tracking, trial) or self._create(tracking, trial)
         run = self.client.get_run(run_id)
-        self.last_step = int(run.data.tags.get(LAST_STEP_TAG, -1))
+        if not run.data.params:  # new, or the trial died between creating its run and logging params
+            _log_params(self.client, run_id, flatten(trial))
+        self.last_step = max(
+            (m.step for m in self.client.get_metric_history(run_id, STEP_METRIC)), default=-1
+        )
         if run.info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
@@ -134,19 +139,16 @@ class TrialTracker:
             **{f"varying.{k}": str(v) for k, v in trial["varying"].items()},
         }
         run = self.client.create_run(tracking["experiment_id"], run_name=trial_run_name(trial), tags=tags)
-        _log_params(self.client, run.info.run_id, flatten(trial))
-        return run.info.run_id
+        return run.info.run_id  # its params are logged by __init__, which also repairs a half-made run
 
     def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log one step's metrics, unless this run already holds that step (after a resume)."""
         if step <= self.last_step:
             return
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id,
-            metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
-            tags=[RunTag(LAST_STEP_TAG, str(step))],
-        )
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        batch.append(Metric(STEP_METRIC, float(step), now, step))
+        self.client.log_batch(self.run_id, metrics=batch)
         self.last_step = step
 
     def finish(self, status: str = "FINISHED") -> None:

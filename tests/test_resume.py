@@ -87,7 +87,7 @@ def _kill_session(session_id: int) -> None:
 def test_sweep_killed_mid_run_resumes_with_nothing_lost(tmp_path, ray_tmp):
     storage = tmp_path / "results"
     path = write_sweep(
-        tmp_path / "kill.yaml", TINY_REGRESSION.format(name="kill", num_tasks=8, storage=storage)
+        tmp_path / "kill.yaml", TINY_REGRESSION.format(name="kill", num_tasks=30, storage=storage)
     )
     sweep = load_sweep(path)
     results = storage / "kill"
