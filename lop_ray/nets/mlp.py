@@ -63,6 +63,7 @@ class MLP(UnitNetwork):
                 [layer.weight for layer in self.layers],
                 [layer.bias for layer in self.layers],
                 self.activation_name,
+                self._activation_fn,
                 x,
                 target,
                 loss_fn,

@@ -49,11 +49,15 @@ def mlp_loss_and_gradients(
     weights: Sequence[torch.Tensor],
     biases: Sequence[torch.Tensor],
     activation: str,
+    act: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     target: torch.Tensor,
     loss_fn: Callable,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
     """Forward and backward of an MLP: (loss, output, hidden activations, gradients).
+
+    `act` is the network's own activation function (its forward pass); `activation` names it, which
+    picks the derivative.
 
     Gradients come in parameter order (weight, bias of each layer). None when the loss or activation
     has no hand-written backward here.
@@ -61,7 +65,6 @@ def mlp_loss_and_gradients(
     derivative = DERIVATIVES.get(activation)
     if derivative is None:
         return None
-    act = _FORWARD[activation]
     inputs, pre_activations = [x], []
     h = x
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
@@ -82,14 +85,3 @@ def mlp_loss_and_gradients(
             delta = delta.mm(weights[layer]) * derivative(pre_activations[layer - 1], inputs[layer])
     grads.reverse()
     return loss, output, inputs[1:], grads
-
-
-_FORWARD: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "elu": F.elu,
-    "leaky_relu": F.leaky_relu,
-    "swish": F.silu,
-    "selu": torch.selu,
-}
