@@ -17,7 +17,8 @@ import time
 import torch
 
 from lop_ray.algos import CBPConfig
-from lop_ray.experiments.regression import LearnerSettings, RegressionConfig, RegressionExperiment
+from lop_ray.experiments.learner import LearnerSettings
+from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
 
 CBP = CBPConfig(replacement_rate=1e-4, maturity_threshold=100, util_type="adaptable_contribution")
 LEARNERS = {

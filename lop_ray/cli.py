@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--export", metavar="OUT_DIR", help="also write OUT_DIR/curves.csv")
 
     args = parser.parse_args(argv)
-    if args.command == "report":
-        return _report(args.results_dir, args.out, args.export)
     try:
+        if args.command == "report":
+            return _report(args.results_dir, args.out, args.export)
         if args.command == "sweep":
             spec = load_sweep(args.file, storage=args.storage)
             if args.check:
@@ -60,10 +60,7 @@ def _report(results_dir: str, out: str | None, export: str | None) -> int:
 
     records = report.load_trial_records(results_dir)
     if not records:
-        print(
-            f"{results_dir}: no trials here (no */params.json): not a sweep's results directory",
-            file=sys.stderr,
-        )
+        print(f"{results_dir}: no trial has logged a step yet", file=sys.stderr)
         return EXIT_BAD_INPUT
     problem = records[0].trial["problem"]
     name = records[0].trial["sweep"]

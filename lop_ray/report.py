@@ -1,20 +1,22 @@
 """Curves from a sweep's results: per-trial records → the paper's binned mean ± standard error
 across seeds → a figure (PNG) and a summary table.
 
-Reads Tune's own per-trial files (`params.json`, `result.json`), so it works on finished, partial
-and resumed sweeps alike.
+Reads the trials' MLflow runs (each step exactly once, whatever was killed and resumed) and the sweep
+document in the results directory, so it works on finished, partial and resumed sweeps alike.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lop_ray.sweep_record import read_sweep_record
+from lop_ray.tracking import trial_histories
 
 # x-axis and binning of each problem's headline metric (spec/metrics.md, Aggregation in figures)
 HEADLINE = {
@@ -32,6 +34,7 @@ HEADLINE = {
 class TrialRecord:
     trial: dict[str, Any]
     rows: list[dict[str, Any]]
+    run_id: str = ""  # its MLflow run
 
     @property
     def line(self) -> str:
@@ -59,20 +62,14 @@ class Aggregate:
 
 
 def load_trial_records(results_dir: str | Path) -> list[TrialRecord]:
-    records = []
-    for params in sorted(Path(results_dir).glob("*/params.json")):
-        config = json.loads(params.read_text())
-        result_file = params.with_name("result.json")
-        rows = []
-        if result_file.exists():
-            by_step = {}
-            for line in result_file.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    by_step[row["step_index"]] = row  # a resumed trial may repeat steps
-            rows = [by_step[k] for k in sorted(by_step)]
-        records.append(TrialRecord(config["trial"], rows))
-    return records
+    """Every trial of the sweep in `results_dir` that has logged a step, with its rows from MLflow."""
+    record = read_sweep_record(results_dir)
+    histories = trial_histories(record.tracking)
+    return [
+        TrialRecord(trial, histories[trial["trial_index"]][1], histories[trial["trial_index"]][0])
+        for trial in record.sweep.trials
+        if trial["trial_index"] in histories
+    ]
 
 
 def binned_metric(
@@ -185,7 +182,7 @@ def export_curves(results_dir: str | Path, out_dir: str | Path) -> Path:
             trial = record.trial
             base = {
                 "sweep": trial["sweep"],
-                "trial_id": record.rows[0].get("trial_id", ""),
+                "trial_id": record.run_id,
                 "problem": trial["problem"],
                 "algorithm": trial["algorithm"],
                 "label": trial["label"],

@@ -8,7 +8,6 @@ DIR` needs nothing else), and, with the embedded store, MLflow's sqlite database
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from rich.table import Table
 
 from lop_ray import report
 from lop_ray.progress import SweepProgress
-from lop_ray.schema import Sweep, SweepError, validate_sweep
+from lop_ray.schema import Sweep, SweepError
+from lop_ray.sweep_record import SWEEP_FILE, read_sweep_record, write_sweep_record
 from lop_ray.tracking import (
     embedded_tracking_uri,
     ensure_experiment,
@@ -33,8 +33,7 @@ from lop_ray.tracking import (
     trial_run_name,
     ui_command,
 )
-
-SWEEP_FILE = "lop_ray_sweep.json"
+from lop_ray.trial_checkpoints import ReconcileCheckpoints
 
 # Checkpointing after every task is what makes any trial resumable; Tune warns about it by default.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -81,9 +80,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
         "parent_run_id": parent_run_id,
         "git_commit": git_commit(),
     }
-    (results_dir / SWEEP_FILE).write_text(
-        json.dumps({"sweep_file": sweep.path, "document": sweep.document, "tracking": tracking}, indent=2)
-    )
+    write_sweep_record(results_dir, sweep, tracking)
     _announce(results_dir, tracking_uri, sweep, quiet)
     tuner = tune.Tuner(
         _trainable(sweep),
@@ -101,7 +98,10 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
                 checkpoint_frequency=sweep.checkpoint_every, checkpoint_at_end=True, num_to_keep=2
             ),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            callbacks=[SweepProgress(len(sweep.trials), sweep.steps_per_trial, quiet)],
+            callbacks=[
+                ReconcileCheckpoints(),
+                SweepProgress(len(sweep.trials), sweep.steps_per_trial, quiet),
+            ],
             verbose=0,
         ),
     )
@@ -114,15 +114,8 @@ def resume_sweep(results_dir: str | Path, quiet: bool = False) -> SweepOutcome:
     """Continue an interrupted sweep: unfinished and errored trials resume from their checkpoints."""
     quiet_mlflow_environment()
     results_dir = Path(results_dir).expanduser().resolve()
-    meta_path = results_dir / SWEEP_FILE
-    if not meta_path.exists():
-        raise SweepError(
-            str(results_dir),
-            [f"{results_dir}: no {SWEEP_FILE} here: not a lop-ray sweep's results directory"],
-        )
-    meta = json.loads(meta_path.read_text())
-    sweep = validate_sweep(meta["document"], meta["sweep_file"])
-    tracking = meta["tracking"]
+    record = read_sweep_record(results_dir)
+    sweep, tracking = record.sweep, record.tracking
     _announce(results_dir, tracking["uri"], sweep, quiet)
     _connect_ray()
     tuner = tune.Tuner.restore(str(results_dir), trainable=_trainable(sweep), resume_errored=True)

@@ -155,6 +155,36 @@ class TrialTracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def trial_histories(tracking: Mapping[str, str]) -> dict[int, tuple[str, list[dict[str, float]]]]:
+    """Every trial run of a sweep: trial index → (run id, one row of metrics per logged step, in step
+    order). MLflow holds each step exactly once (see the module docstring), unlike Tune's result
+    files, which a killed driver leaves behind its checkpoints."""
+    client = MlflowClient(tracking["uri"])
+    found: dict[int, tuple[str, list[dict[str, float]]]] = {}
+    for run in _child_runs(client, tracking):
+        steps: dict[int, dict[str, float]] = {}
+        for key in run.data.metrics:
+            for metric in client.get_metric_history(run.info.run_id, key):
+                steps.setdefault(metric.step, {})[key] = metric.value
+        found[int(run.data.tags[TRIAL_INDEX_TAG])] = (run.info.run_id, [steps[k] for k in sorted(steps)])
+    return found
+
+
+def _child_runs(client: MlflowClient, tracking: Mapping[str, str]):
+    token = None
+    while True:
+        page = client.search_runs(
+            [tracking["experiment_id"]],
+            filter_string=f"tags.`mlflow.parentRunId` = '{tracking['parent_run_id']}'",
+            max_results=1000,
+            page_token=token,
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for start in range(0, len(items), _BATCH):

@@ -55,3 +55,30 @@ algorithms:
 resources: {{cpu: 1}}
 storage: {storage}
 """
+
+
+def logged_sweep(results_dir: Path, sweep_text: str, rows_of) -> Path:
+    """A results directory as a sweep leaves it for `report`: the sweep record and real MLflow runs
+    (embedded sqlite store) whose steps are `rows_of(trial)` (None: the trial never logged)."""
+    from mlflow.tracking import MlflowClient
+
+    from lop_ray.schema import load_sweep
+    from lop_ray.sweep_record import write_sweep_record
+    from lop_ray.tracking import TrialTracker, embedded_tracking_uri, ensure_experiment, start_sweep_run
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    sweep = load_sweep(write_sweep(results_dir / "sweep.yaml", sweep_text))
+    uri = embedded_tracking_uri(results_dir)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, sweep.name, (results_dir / "mlartifacts").as_uri())
+    parent = start_sweep_run(client, experiment_id, sweep.name, sweep.problem, {})
+    tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent}
+    write_sweep_record(results_dir, sweep, tracking)
+    for trial in sweep.trials:
+        rows = rows_of(trial)
+        if rows is None:
+            continue
+        tracker = TrialTracker(tracking, trial, None)
+        for index, row in enumerate(rows):
+            tracker.log_step(index, row)
+    return results_dir

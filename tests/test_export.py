@@ -2,38 +2,43 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from lop_ray.cli import main
+from tests.conftest import logged_sweep
+
+SWEEP = """\
+name: s
+problem: {name: slowly_changing_regression, flip_after: 10000}
+seeds: [0, 1]
+num_tasks: 5
+fidelity: original
+algorithms:
+  - algorithm: bp
+    step_size: [0.01, 0.003]
+  - algorithm: cbp
+    step_size: 0.01
+    replacement_rate: 1.0e-4
+    maturity_threshold: 10
+storage: /unused
+"""
+
+ERRORS = {
+    ("bp", 0, 0.01): [1.0, 2.0, 3.0, 4.0],
+    ("bp", 1, 0.003): [0.5, 0.5, 0.25, 0.75, 9.0],  # the 5th step is a partial bin
+    ("cbp", 0, 0.01): [1.0, 1.0],
+}
 
 
-def _trial(root, trial_id, algorithm, seed, varying, errors):
-    directory = root / f"{algorithm}_{seed}_{trial_id}"
-    directory.mkdir(parents=True)
-    trial = {
-        "sweep": "s",
-        "problem": "slowly_changing_regression",
-        "algorithm": algorithm,
-        "label": algorithm,
-        "varying": varying,
-        "fidelity": "original",
-        "seed": seed,
-    }
-    (directory / "params.json").write_text(json.dumps({"trial": trial}))
-    rows = [
-        {"trial_id": trial_id, "step_index": i, "examples": 10_000 * (i + 1), "squared_error": e}
-        for i, e in enumerate(errors)
-    ]
-    (directory / "result.json").write_text("\n".join(json.dumps(r) for r in rows))
+def _rows_of(trial):
+    errors = ERRORS.get((trial["algorithm"], trial["seed"], trial["hyperparameters"]["step_size"]))
+    if errors is None:
+        return None
+    return [{"examples": 10_000 * (i + 1), "squared_error": e} for i, e in enumerate(errors)]
 
 
 def test_export_writes_binned_long_format_that_pandas_reads(tmp_path):
-    results = tmp_path / "results"
-    _trial(results, "t0", "bp", 0, {"step_size": 0.01}, [1.0, 2.0, 3.0, 4.0])
-    _trial(results, "t1", "bp", 1, {"step_size": 0.003}, [0.5, 0.5, 0.25, 0.75, 9.0])  # 5th: partial bin
-    _trial(results, "t2", "cbp", 0, {"step_size": 0.01, "replacement_rate": 1e-4}, [1.0, 1.0])
+    results = logged_sweep(tmp_path / "results", SWEEP, _rows_of)
 
     assert (
         main(["report", str(results), "--export", str(tmp_path / "out"), "--out", str(tmp_path / "fig")]) == 0
@@ -41,23 +46,30 @@ def test_export_writes_binned_long_format_that_pandas_reads(tmp_path):
 
     curves = pd.read_csv(tmp_path / "out" / "curves.csv")
     assert list(curves.columns) == [
-        "sweep", "trial_id", "problem", "algorithm", "label", "replacement_rate", "step_size",
+        "sweep", "trial_id", "problem", "algorithm", "label", "step_size",
         "fidelity", "seed", "metric", "bin", "x", "value",
     ]  # fmt: skip
     assert len(curves) == 2 + 2 + 1  # complete 20,000-example bins only
-    bp0 = curves[(curves.trial_id == "t0")].sort_values("bin")
+    assert curves.trial_id.nunique() == 3  # one MLflow run id per trial
+    bp0 = curves[(curves.algorithm == "bp") & (curves.seed == 0)].sort_values("bin")
     assert list(bp0.value) == [1.5, 3.5] and list(bp0.x) == [20_000, 40_000]
-    assert set(bp0.step_size) == {0.01} and bp0.replacement_rate.isna().all()
-    bp1 = curves[curves.trial_id == "t1"]
-    assert list(bp1.value) == [0.5, 0.5] and set(bp1.seed) == {1}
+    assert set(bp0.step_size) == {0.01}
+    bp1 = curves[(curves.algorithm == "bp") & (curves.seed == 1)]
+    assert list(bp1.value) == [0.5, 0.5] and set(bp1.step_size) == {0.003}
     cbp = curves[curves.algorithm == "cbp"].iloc[0]
-    assert cbp.replacement_rate == 1e-4 and cbp.value == 1.0 and cbp.fidelity == "original"
+    assert pd.isna(cbp.step_size) and cbp.value == 1.0 and cbp.fidelity == "original"
     assert (curves.metric == "squared_error").all() and (curves.sweep == "s").all()
     assert (tmp_path / "fig" / "squared_error.png").exists() and (
         tmp_path / "fig" / "squared_error.svg"
     ).exists()
 
 
-def test_report_on_a_directory_without_trials_is_rejected(tmp_path, capsys):
+def test_report_on_a_directory_without_a_sweep_is_rejected(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert "not a sweep's results directory" in capsys.readouterr().err
+    assert "not a lop-ray sweep's results directory" in capsys.readouterr().err
+
+
+def test_report_before_any_trial_logged_is_rejected(tmp_path, capsys):
+    results = logged_sweep(tmp_path / "results", SWEEP, lambda trial: None)
+    assert main(["report", str(results)]) == 2
+    assert "no trial has logged a step yet" in capsys.readouterr().err

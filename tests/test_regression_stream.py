@@ -13,7 +13,8 @@ import torch
 from lop_ray.algos import CBPConfig
 from lop_ray.data.regression import RegressionSettings, RegressionStream, ThresholdTarget
 from lop_ray.data.seeding import LEARNER, STREAM, TARGET, derived_seed, generator
-from lop_ray.experiments.regression import LearnerSettings, RegressionConfig, RegressionExperiment
+from lop_ray.experiments.learner import LearnerSettings
+from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
 from lop_ray.nets import MLP
 
 SMALL = RegressionSettings(flip_after=200)

@@ -1,36 +1,49 @@
-"""The figure's data: binning per seed, mean ± SE across seeds, windows; tested on the numbers."""
+"""The figure's data: binning per seed, mean ± SE across seeds, windows; tested on the numbers, read
+back from real MLflow runs."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
 from lop_ray import report
+from tests.conftest import logged_sweep
+
+SWEEP = """\
+name: s
+problem: {{name: slowly_changing_regression, flip_after: {per_step}}}
+seeds: [0, 1]
+num_tasks: 7
+algorithms:
+  - algorithm: bp
+    step_size: 0.01
+  - algorithm: cbp
+    step_size: 0.01
+    replacement_rate: [0.01, 0.001]
+storage: /unused
+"""
 
 
-def _write_trial(root, name, label, seed, values, per_step=10_000, varying=None):
-    trial_dir = root / name
-    trial_dir.mkdir()
-    trial = {"label": label, "seed": seed, "varying": varying or {}}
-    (trial_dir / "params.json").write_text(json.dumps({"trial": trial}))
-    rows = [
-        {"step_index": i, "examples": (i + 1) * per_step, "squared_error": v} for i, v in enumerate(values)
-    ]
-    rows.insert(2, dict(rows[1]))  # a resumed trial may report a step twice
-    (trial_dir / "result.json").write_text("\n".join(json.dumps(r) for r in rows))
+def _rows(values, per_step=10_000):
+    return [{"examples": (i + 1) * per_step, "squared_error": v} for i, v in enumerate(values)]
 
 
 def test_bins_per_seed_then_mean_and_standard_error(tmp_path):
-    _write_trial(tmp_path, "a0", "bp", 0, [1, 3, 5, 7, 9, 11, 100])  # the 7th step is a partial bin
-    _write_trial(tmp_path, "a1", "bp", 1, [3, 5, 7, 9, 11, 13])
-    _write_trial(tmp_path, "b0", "cbp", 0, [1, 1, 1, 1], varying={"replacement_rate": 0.01})
-
-    aggregates = {
-        a.line: a
-        for a in report.aggregate(report.load_trial_records(tmp_path), "squared_error", "examples", 20_000)
+    values = {
+        ("bp", 0, None): [1, 3, 5, 7, 9, 11, 100],  # the 7th step is a partial bin
+        ("bp", 1, None): [3, 5, 7, 9, 11, 13],
+        ("cbp", 0, 0.01): [1, 1, 1, 1],
     }
+
+    def rows_of(trial):
+        key = (trial["algorithm"], trial["seed"], trial["hyperparameters"].get("replacement_rate"))
+        return _rows(values[key]) if key in values else None
+
+    results = logged_sweep(tmp_path / "r", SWEEP.format(per_step=10_000), rows_of)
+    records = report.load_trial_records(results)
+    assert len(records) == 3 and all(r.run_id for r in records)
+    aggregates = {a.line: a for a in report.aggregate(records, "squared_error", "examples", 20_000)}
 
     bp = aggregates["bp"]
     assert bp.seeds == 2
@@ -43,12 +56,18 @@ def test_bins_per_seed_then_mean_and_standard_error(tmp_path):
     assert early == 5.0 and math.isclose(early_se, 1.0)
     cbp = aggregates["cbp (replacement_rate=0.01)"]
     assert cbp.seeds == 1 and list(cbp.mean) == [1, 1] and list(cbp.stderr) == [0, 0]
+    assert set(aggregates) == {"bp", "cbp (replacement_rate=0.01)"}  # no steps logged: no line
 
 
 def test_headline_figure_falls_back_to_steps_for_short_runs(tmp_path):
-    results = tmp_path / "r"
-    results.mkdir()
-    _write_trial(results, "a0", "bp", 0, [1.0, 2.0, 3.0], per_step=150)
+    def rows_of(trial):
+        return (
+            _rows([1.0, 2.0, 3.0], per_step=150)
+            if trial["algorithm"] == "bp" and trial["seed"] == 0
+            else None
+        )
+
+    results = logged_sweep(tmp_path / "r", SWEEP.format(per_step=150), rows_of)
     path, aggregates = report.headline_figure(results, "slowly_changing_regression", "t")
     assert path == results / "squared_error.png" and path.stat().st_size > 1000
     assert list(aggregates[0].mean) == [1.0, 2.0, 3.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -84,14 +85,16 @@ def _kill_session(session_id: int) -> None:
     assert not _session_processes(session_id)
 
 
-def test_sweep_killed_mid_run_resumes_with_nothing_lost(tmp_path, ray_tmp):
+def _kill_sweep_after_checkpoints(tmp_path: Path, state_period_s: str, checkpoints_per_trial: int):
+    """Start a sweep in its own session, SIGKILL it and all of Ray once some trial has written
+    `checkpoints_per_trial` checkpoints; Tune writes its experiment state every `state_period_s`."""
     storage = tmp_path / "results"
     path = write_sweep(
         tmp_path / "kill.yaml", TINY_REGRESSION.format(name="kill", num_tasks=30, storage=storage)
     )
     sweep = load_sweep(path)
     results = storage / "kill"
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": state_period_s}
     log = open(tmp_path / "sweep.log", "w")
     driver = subprocess.Popen(
         [LOP_RAY, "sweep", str(path), "--quiet"],
@@ -103,11 +106,13 @@ def test_sweep_killed_mid_run_resumes_with_nothing_lost(tmp_path, ray_tmp):
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            checkpoints = list(results.glob("*/checkpoint_*/state.pt"))
-            if len(checkpoints) >= 3 and list(results.glob("experiment_state-*.json")):
+            newest = max(
+                (_checkpoint_index(p) for p in results.glob("*/checkpoint_*/manifest.json")), default=-1
+            )
+            if newest + 1 >= checkpoints_per_trial and list(results.glob("experiment_state-*.json")):
                 break
             assert driver.poll() is None, (tmp_path / "sweep.log").read_text()
-            time.sleep(0.2)
+            time.sleep(0.1)
         else:
             raise AssertionError("no checkpoints within 240 s:\n" + (tmp_path / "sweep.log").read_text())
     finally:
@@ -117,10 +122,56 @@ def test_sweep_killed_mid_run_resumes_with_nothing_lost(tmp_path, ray_tmp):
         p for p in results.glob("*/result.json") if len(p.read_text().splitlines()) == sweep.steps_per_trial
     ]
     assert len(finished) < len(sweep.trials), "the sweep finished before it could be killed"
+    return sweep, results, env
 
+
+def _checkpoint_index(manifest: Path) -> int:
+    return int(manifest.parent.name.removeprefix("checkpoint_"))
+
+
+def _resume(results: Path, env: dict) -> None:
     resumed = subprocess.run(
         [LOP_RAY, "resume", str(results), "--quiet"], capture_output=True, text=True, env=env, timeout=400
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "results:" in resumed.stdout and "mlflow ui --backend-store-uri sqlite:" in resumed.stdout
+
+
+def test_sweep_killed_mid_run_resumes_with_nothing_lost(tmp_path, ray_tmp):
+    sweep, results, env = _kill_sweep_after_checkpoints(tmp_path, state_period_s="1", checkpoints_per_trial=3)
+    _resume(results, env)
     assert_runs_match_reference(embedded_tracking_uri(results), sweep)
+
+
+def test_resume_adopts_checkpoints_newer_than_tunes_stale_record(tmp_path, ray_tmp):
+    """Tune's experiment state written once, at the start: every checkpoint it could name is gone
+    (num_to_keep=2) and the ones on disk are unknown to it. The resume must continue each trial
+    from its newest complete checkpoint, not from scratch and not fail."""
+    sweep, results, env = _kill_sweep_after_checkpoints(
+        tmp_path, state_period_s="3600", checkpoints_per_trial=6
+    )
+    before = {}
+    for trial_dir in sorted(p for p in results.iterdir() if (p / "params.json").exists()):
+        newest = max((_manifest_steps(m) for m in trial_dir.glob("checkpoint_*/manifest.json")), default=0)
+        result_file = trial_dir / "result.json"
+        before[trial_dir] = (newest, len(_logged_steps(result_file)) if result_file.exists() else 0)
+    assert any(newest >= 4 for newest, _ in before.values())
+
+    _resume(results, env)
+
+    assert_runs_match_reference(embedded_tracking_uri(results), sweep)
+    for trial_dir, (newest, rows_before) in before.items():
+        resumed_steps = _logged_steps(trial_dir / "result.json")[rows_before:]
+        # a trial restored from its final checkpoint replays its last result once
+        first_expected = min(newest, sweep.steps_per_trial - 1)
+        assert resumed_steps[0] == first_expected, f"{trial_dir.name}: resumed at {resumed_steps[0]}"
+        kept = sorted(p.name for p in trial_dir.glob("checkpoint_*"))
+        assert len(kept) <= 2, f"{trial_dir.name}: stale checkpoints left behind: {kept}"
+
+
+def _manifest_steps(manifest: Path) -> int:
+    return json.loads(manifest.read_text())["steps_done"]
+
+
+def _logged_steps(result_file: Path) -> list[int]:
+    return [json.loads(line)["step_index"] for line in result_file.read_text().splitlines() if line.strip()]

@@ -7,27 +7,11 @@ from typing import Any
 
 import torch
 
-from lop_ray.algos import Backprop, CBPConfig, ContinualBackprop, ShrinkAndPerturb, make_optimizer
 from lop_ray.data.regression import RegressionSettings, RegressionStream
 from lop_ray.data.seeding import LEARNER, generator
+from lop_ray.experiments.learner import LearnerSettings, build_learner, learner_from_trial
 from lop_ray.metrics import weight_magnitude
 from lop_ray.nets import MLP
-
-
-@dataclass(frozen=True)
-class LearnerSettings:
-    """The algorithm of one trial: optimizer, L2, and the optional interventions."""
-
-    algorithm: str = "bp"
-    optimizer: str = "sgd"
-    step_size: float = 0.01
-    momentum: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    perturb_scale: float = 0.0
-    cbp: CBPConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -38,30 +22,6 @@ class RegressionConfig:
     examples_per_step: int = 10_000
     problem: RegressionSettings = field(default_factory=RegressionSettings)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
-
-
-def build_learner(
-    net: MLP, settings: LearnerSettings, gen: torch.Generator, loss_fn
-) -> tuple[Backprop, ContinualBackprop | None]:
-    """Backprop with the interventions the algorithm asks for (CBP, then shrink-and-perturb)."""
-    optimizer = make_optimizer(
-        net.parameters(),
-        settings.optimizer,
-        settings.step_size,
-        weight_decay=settings.weight_decay,
-        momentum=settings.momentum,
-        beta1=settings.beta1,
-        beta2=settings.beta2,
-        eps=settings.eps,
-    )
-    interventions = []
-    cbp = None
-    if settings.cbp is not None:
-        cbp = ContinualBackprop(net.unit_groups(), optimizer, settings.cbp, gen)
-        interventions.append(cbp)
-    if settings.perturb_scale > 0:
-        interventions.append(ShrinkAndPerturb(net.parameters(), settings.perturb_scale, gen))
-    return Backprop(net, optimizer, loss_fn, interventions), cbp
 
 
 class RegressionExperiment:
@@ -119,16 +79,11 @@ def config_from_trial(trial: dict[str, Any]) -> RegressionConfig:
     """The experiment config of one trial of a validated sweep (see `lop_ray.schema`)."""
     problem = dict(trial["problem_settings"])
     examples_per_step = problem.pop("examples_per_step") or problem["flip_after"]
-    hyper = dict(trial["hyperparameters"])
-    cbp = None
-    if trial["algorithm"] == "cbp":
-        cbp_keys = CBPConfig.__dataclass_fields__
-        cbp = CBPConfig(**{k: hyper.pop(k) for k in list(hyper) if k in cbp_keys})
     return RegressionConfig(
         seed=int(trial["seed"]),
         activation=trial["network"]["activation"],
         hidden_units=trial["network"]["hidden_units"],
         examples_per_step=examples_per_step,
         problem=RegressionSettings(**problem),
-        learner=LearnerSettings(algorithm=trial["algorithm"], cbp=cbp, **hyper),
+        learner=learner_from_trial(trial),
     )

@@ -10,6 +10,8 @@ checkpoint = `state.pt` in Tune's checkpoint directory, a dict with
   global_rng       torch / numpy / python global RNG states (nothing should draw from them; kept so
                    that a stray draw cannot break bit-identical resume)
   mlflow_run_id    the trial's MLflow run, continued after a restore
+  last_result      the last step's result, replayed if a finished trial is restored and stepped
+plus `manifest.json` (its size and step count, see lop_ray/trial_checkpoints.py).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import torch
 from ray import tune
 
 from lop_ray.tracking import TrialTracker, quiet_mlflow_environment
+from lop_ray.trial_checkpoints import CHECKPOINT_FILE, write_manifest
 
 CHECKPOINT_FORMAT = 1
-CHECKPOINT_FILE = "state.pt"
 
 
 class LopTrainable(tune.Trainable):
@@ -52,6 +54,7 @@ class LopTrainable(tune.Trainable):
         self.num_steps = int(self.trial_config["num_steps"])
         self._run_id: str | None = None
         self._tracker: TrialTracker | None = None
+        self.last_step_result: dict[str, Any] = {}
 
     @property
     def tracker(self) -> TrialTracker:
@@ -62,6 +65,9 @@ class LopTrainable(tune.Trainable):
         return self._tracker
 
     def step(self) -> dict[str, Any]:
+        if self.experiment.steps_done >= self.num_steps:
+            # restored from its final checkpoint by a driver whose record predates it: nothing to run
+            return {**self.last_step_result, "done": True}
         metrics = self.experiment.run_step()
         step_index = self.experiment.steps_done - 1
         tracker = self.tracker
@@ -69,7 +75,8 @@ class LopTrainable(tune.Trainable):
         done = self.experiment.steps_done >= self.num_steps
         if done:
             tracker.finish("FINISHED")
-        return {**metrics, "step_index": step_index, "done": done}
+        self.last_step_result = {**metrics, "step_index": step_index}
+        return {**self.last_step_result, "done": done}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         state = {
@@ -81,11 +88,13 @@ class LopTrainable(tune.Trainable):
                 "python": random.getstate(),
             },
             "mlflow_run_id": self.tracker.run_id,
+            "last_result": self.last_step_result,
         }
         path = Path(checkpoint_dir) / CHECKPOINT_FILE
         partial = path.with_suffix(".partial")
         torch.save(state, partial)
         os.replace(partial, path)
+        write_manifest(checkpoint_dir, self.experiment.steps_done)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         path = Path(checkpoint_dir) / CHECKPOINT_FILE
@@ -98,6 +107,9 @@ class LopTrainable(tune.Trainable):
         random.setstate(state["global_rng"]["python"])
         self._run_id = state["mlflow_run_id"]
         self._tracker = None
+        self.last_step_result = state.get("last_result", {})
+        # the checkpoint may be newer than the driver's record of it (lop_ray/trial_checkpoints.py)
+        self._iteration = self.experiment.steps_done
 
     def cleanup(self) -> None:
         if self._tracker is not None and self.experiment.steps_done < self.num_steps:
