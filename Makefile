@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart test test-slow lint format
+.PHONY: venv quickstart quickstart-digits test test-slow lint format
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ venv: $(STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/lop-ray sweep sweeps/quickstart.yaml
+
+quickstart-digits: $(STAMP)
+	$(BIN)/lop-ray sweep sweeps/quickstart_digits.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check lop_ray tests bench

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lop_ray.data.idx import DataFormatError
+from lop_ray.data.shards import DATASETS
 from lop_ray.schema import SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
@@ -27,11 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     resume.add_argument("--quiet", action="store_true", help="no progress display (for job logs)")
 
     report = commands.add_parser("report", help="figures (PNG, SVG) and curves.csv from a sweep's results")
-    report.add_argument("results_dir", help="the sweep's results directory (<storage>/<name>)")
+    report.add_argument(
+        "results_dir",
+        nargs="+",
+        help="a sweep's results directory (<storage>/<name>); several: drawn together",
+    )
     report.add_argument("--out", help="where the figures go (default: the results directory)")
     report.add_argument("--export", metavar="OUT_DIR", help="also write OUT_DIR/curves.csv")
 
+    data = commands.add_parser("data", help="prepare datasets from their official files")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_commands.add_parser(
+        "prepare", help="raw files → checksummed shards + manifest.json, read by the trials"
+    )
+    prepare.add_argument("dataset", choices=DATASETS)
+    prepare.add_argument("--src", help="the raw files (mnist: the directory holding MNIST/raw/)")
+    prepare.add_argument("--dest", required=True, help="directory to write the shards into")
+
     args = parser.parse_args(argv)
+    if args.command == "data":
+        return _prepare(args.dataset, args.src, args.dest)
     try:
         if args.command == "report":
             return _report(args.results_dir, args.out, args.export)
@@ -53,26 +70,52 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_TRIALS_FAILED if outcome.errors else 0
 
 
-def _report(results_dir: str, out: str | None, export: str | None) -> int:
+def _prepare(dataset: str, src: str | None, dest: str) -> int:
+    from lop_ray.data.shards import prepare_dataset, read_manifest
+
+    try:
+        manifest_path = prepare_dataset(dataset, src, dest)
+    except DataFormatError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    manifest = read_manifest(manifest_path.parent)
+    for split, arrays in manifest["splits"].items():
+        shape = arrays["images"]["shape"]
+        print(
+            f"{dataset} {split}: {shape[0]:,} images {tuple(shape[1:])}, {len(arrays['images']['shards'])} shard(s)"
+        )
+    print(f"manifest: {manifest_path}")
+    return 0
+
+
+def _report(results_dirs: list[str], out: str | None, export: str | None) -> int:
     from pathlib import Path
 
     from lop_ray import report
 
-    records = report.load_trial_records(results_dir)
+    records = report.load_results(results_dirs)
     if not records:
-        print(f"{results_dir}: no trial has logged a step yet", file=sys.stderr)
+        print(f"{', '.join(results_dirs)}: no trial has logged a step yet", file=sys.stderr)
         return EXIT_BAD_INPUT
-    problem = records[0].trial["problem"]
-    name = records[0].trial["sweep"]
-    figure, _ = report.headline_figure(results_dir, problem, f"{name}: {problem}", Path(out or results_dir))
+    problems = sorted({r.trial["problem"] for r in records})
+    if len(problems) > 1:
+        print(
+            f"{', '.join(results_dirs)}: sweeps of different problems ({problems}) share no axes",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    problem = problems[0]
+    names = " vs ".join(dict.fromkeys(r.trial["sweep"] for r in records))
+    figure, _ = report.headline_figure(records, problem, f"{names}: {problem}", Path(out or results_dirs[0]))
     if figure is None:
         print(
-            f"{results_dir}: no trial has reported {report.HEADLINE[problem]['metric']} yet", file=sys.stderr
+            f"{results_dirs[0]}: no trial has reported {report.HEADLINE[problem]['metric']} yet",
+            file=sys.stderr,
         )
     else:
         print(f"figure: {figure} and {figure.with_suffix('.svg')}")
     if export:
-        print(f"curves: {report.export_curves(results_dir, export)}")
+        print(f"curves: {report.export_curves(records, export)}")
     return 0
 
 

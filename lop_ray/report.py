@@ -27,6 +27,13 @@ HEADLINE = {
         "ylabel": "online squared error",
         "xlabel": "examples",
     },
+    "permuted_mnist": {
+        "metric": "accuracy",
+        "x": "tasks",
+        "bin_x": 1,
+        "ylabel": "online accuracy",
+        "xlabel": "tasks",
+    },
 }
 
 
@@ -70,6 +77,26 @@ def load_trial_records(results_dir: str | Path) -> list[TrialRecord]:
         for trial in record.sweep.trials
         if trial["trial_index"] in histories
     ]
+
+
+def load_results(results_dirs: list[str | Path]) -> list[TrialRecord]:
+    """The trials of one or several sweeps, to be drawn together. Where the sweeps differ in their
+    fidelity mode or name, that becomes part of each line (e.g. `cbp (fidelity=original)`), so the
+    same algorithm from an original-mode and a corrected-mode sweep are two lines side by side."""
+    records = [record for results_dir in results_dirs for record in load_trial_records(results_dir)]
+    if len(results_dirs) == 1:
+        return records
+    # the mode tells the lines apart when it differs; otherwise the sweep's name does
+    distinguishing = next(
+        (key for key in ("fidelity", "sweep") if len({r.trial[key] for r in records}) > 1), None
+    )
+    if distinguishing is None:
+        return records
+    relabelled = []
+    for record in records:
+        varying = {**record.trial["varying"], distinguishing: record.trial[distinguishing]}
+        relabelled.append(TrialRecord({**record.trial, "varying": varying}, record.rows, record.run_id))
+    return relabelled
 
 
 def binned_metric(
@@ -141,19 +168,18 @@ def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str,
 
 
 def headline_figure(
-    results_dir: str | Path, problem: str, title: str, out_dir: str | Path | None = None
+    records: list[TrialRecord], problem: str, title: str, out_dir: str | Path
 ) -> tuple[Path | None, list[Aggregate]]:
     """The problem's headline curve (regression: binned online error) as `<out>/<metric>.png` and
-    `.svg` (out: the results directory unless given)."""
+    `.svg`."""
     spec = HEADLINE[problem]
-    records = load_trial_records(results_dir)
     aggregates = aggregate(records, spec["metric"], spec["x"], spec["bin_x"])
     if all(len(agg.x) < 2 for agg in aggregates):  # too short for the paper's bins: plot every step
         aggregates = aggregate(records, spec["metric"], spec["x"], None)
         title += f" (per step: shorter than two bins of {spec['bin_x']:,})"
     if not aggregates:
         return None, []
-    out = Path(out_dir if out_dir is not None else results_dir)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = plot(aggregates, out / f"{spec['metric']}.png", title, spec["xlabel"], spec["ylabel"])
     return path, aggregates
@@ -162,15 +188,27 @@ def headline_figure(
 # what `export_curves` writes per problem: (metric, x key, bin width in x units), spec/metrics.md
 EXPORTED_METRICS = {
     "slowly_changing_regression": [("squared_error", "examples", 20_000)],
+    "permuted_mnist": [
+        (metric, "tasks", 1)
+        for metric in (
+            "accuracy",
+            "dead_units_percent",
+            "effective_rank",
+            "abs_approximate_rank",
+            "weight_magnitude",
+        )
+    ],
 }
 CURVE_COLUMNS = ["sweep", "trial_id", "problem", "algorithm", "label"]
 
 
-def export_curves(results_dir: str | Path, out_dir: str | Path) -> Path:
+def export_curves(records: list[TrialRecord], out_dir: str | Path) -> Path:
     """`curves.csv` in long format: one row per (trial, seed, metric, bin), with every
     hyper-parameter that varies in the sweep as its own column."""
-    records = [r for r in load_trial_records(results_dir) if r.rows]
-    varying = sorted({key for r in records for key in r.trial["varying"]})
+    records = [r for r in records if r.rows]
+    varying = sorted(
+        {key for r in records for key in r.trial["varying"]} - {"fidelity", "sweep"}
+    )  # own columns
     columns = CURVE_COLUMNS + varying + ["fidelity", "seed", "metric", "bin", "x", "value"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,20 @@ Seeds = Annotated[
     | Annotated[SeedRange, Tag("range")],
     Discriminator(_seeds_kind, custom_error_type="seeds", custom_error_message=f"seeds are {SEEDS_ALLOWED}"),
 ]
-_UNION_TAGS = {("seeds",): {"list", "range"}}  # tags pydantic puts into error locations, dropped in messages
+FIDELITY_ALLOWED = "'original' or 'corrected', or a list of both to run each trial in each mode"
+FidelityChoice = Annotated[
+    Annotated[Fidelity, Tag("one")]
+    | Annotated[list[Fidelity], Field(min_length=1, max_length=2), Tag("grid")],
+    Discriminator(
+        lambda value: "grid" if isinstance(value, list) else "one",
+        custom_error_type="fidelity",
+        custom_error_message=f"fidelity is {FIDELITY_ALLOWED}",
+    ),
+]
+_UNION_TAGS = {
+    ("seeds",): {"list", "range"},
+    ("fidelity",): {"one", "grid"},
+}  # tags pydantic puts into error locations, dropped in messages
 
 
 class Resources(Strict):
@@ -62,7 +75,8 @@ class SweepFile(Strict):
     algorithms: list[dict[str, Any]] = Field(min_length=1)
     seeds: Seeds = Field(default=[0])
     num_tasks: Count = Field(ge=1)
-    fidelity: Fidelity = "corrected"
+    # one mode, or a list of modes: a grid, every trial run in each (side by side on the same seeds)
+    fidelity: FidelityChoice = "corrected"
     resources: Resources = Resources()
     storage: str = "./results"
     tracking_uri: str | None = None
@@ -199,10 +213,18 @@ class _Validator:
             spec.settings_model, {k: v for k, v in top.problem.items() if k != "name"}, ("problem",)
         )
         networks = self.grid(spec.network_model, top.network, ("network",))
-        algorithms = [
-            self.algorithm(spec, entry, top.fidelity, ("algorithms", i))
-            for i, entry in enumerate(top.algorithms)
-        ]
+        fidelities = top.fidelity if isinstance(top.fidelity, list) else [top.fidelity]
+        if len(set(fidelities)) != len(fidelities):
+            self.error(("fidelity",), f"a fidelity grid lists each mode once, got {fidelities}")
+        algorithms_by_fidelity = {
+            fidelity: [
+                self.algorithm(spec, entry, fidelity, ("algorithms", i))
+                for i, entry in enumerate(top.algorithms)
+            ]
+            for fidelity in fidelities
+        }
+        self.problems = list(dict.fromkeys(self.problems))  # each mode repeats an entry's own errors
+        algorithms = algorithms_by_fidelity[fidelities[0]]
         steps = None
         if settings is not None:
             try:
@@ -225,11 +247,13 @@ class _Validator:
             self.error(("seeds",), f"seeds must be distinct; repeated: {repeated}")
             raise SweepError(self.path, self.problems)
         trials = []
-        for (label, algorithm, points), network, seed in itertools.product(
-            [(a[0], a[1], p) for a in algorithms for p in a[2]], networks, seeds
-        ):
-            hyper, varying_algo = points
+        points = [
+            (f, a[0], a[1], p) for f, algos in algorithms_by_fidelity.items() for a in algos for p in a[2]
+        ]
+        for (fidelity, label, algorithm, point), network, seed in itertools.product(points, networks, seeds):
+            hyper, varying_algo = point
             net, varying_net = network
+            varying_fidelity = {"fidelity": fidelity} if len(fidelities) > 1 else {}
             trials.append(
                 {
                     "sweep": top.name,
@@ -240,8 +264,8 @@ class _Validator:
                     "algorithm": algorithm,
                     "label": label,
                     "hyperparameters": hyper.model_dump(),
-                    "varying": {**varying_net, **varying_algo},
-                    "fidelity": top.fidelity,
+                    "varying": {**varying_net, **varying_algo, **varying_fidelity},
+                    "fidelity": fidelity,
                     "seed": seed,
                     "num_tasks": top.num_tasks,
                     "num_steps": steps,

@@ -33,6 +33,7 @@ from lop_ray.tracking import (
     trial_run_name,
     ui_command,
 )
+from lop_ray.trainables.shared_data import release_shared_datasets
 from lop_ray.trial_checkpoints import ReconcileCheckpoints
 
 # Checkpointing after every task is what makes any trial resumable; Tune warns about it by default.
@@ -163,10 +164,12 @@ def _announce(results_dir: Path, tracking_uri: str, sweep: Sweep, quiet: bool) -
 
 
 def _finish(sweep: Sweep, results_dir: Path, tracking: dict[str, Any], grid, quiet: bool) -> SweepOutcome:
+    release_shared_datasets()
     errors = len(grid.errors)
     client = MlflowClient(tracking["uri"])
     title = f"{sweep.name}: {sweep.problem}"
-    figure, aggregates = report.headline_figure(results_dir, sweep.problem, title)
+    records = report.load_trial_records(results_dir)
+    figure, aggregates = report.headline_figure(records, sweep.problem, title, results_dir)
     if figure is not None:
         client.log_artifact(tracking["parent_run_id"], str(figure))
     client.set_terminated(tracking["parent_run_id"], status="FAILED" if errors else "FINISHED")
@@ -186,7 +189,7 @@ def _finish(sweep: Sweep, results_dir: Path, tracking: dict[str, Any], grid, qui
 def _summary_table(sweep: Sweep, aggregates: list[report.Aggregate]) -> Table:
     spec = report.HEADLINE[sweep.problem]
     table = Table(
-        title=f"{sweep.name}: {spec['ylabel']} per {spec['bin_x']:,} {spec['xlabel']}, "
+        title=f"{sweep.name}: {spec['ylabel']} per {_bin_name(spec)}, "
         "first and last quarter of the run (mean ± SE over seeds)"
     )
     table.add_column("algorithm")
@@ -205,3 +208,7 @@ def _summary_table(sweep: Sweep, aggregates: list[report.Aggregate]) -> Table:
             f"{late / early:.2f}",
         )
     return table
+
+
+def _bin_name(spec: dict[str, Any]) -> str:
+    return spec["xlabel"].removesuffix("s") if spec["bin_x"] == 1 else f"{spec['bin_x']:,} {spec['xlabel']}"

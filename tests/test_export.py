@@ -73,3 +73,40 @@ def test_report_before_any_trial_logged_is_rejected(tmp_path, capsys):
     results = logged_sweep(tmp_path / "results", SWEEP, lambda trial: None)
     assert main(["report", str(results)]) == 2
     assert "no trial has logged a step yet" in capsys.readouterr().err
+
+
+def test_original_and_corrected_sweeps_are_drawn_side_by_side(tmp_path, capsys):
+    from lop_ray import report
+
+    sweeps = {}
+    for mode, level in (("original", 2.0), ("corrected", 1.0)):
+        text = SWEEP.replace("name: s\n", f"name: s_{mode}\n").replace(
+            "fidelity: original", f"fidelity: {mode}"
+        )
+        sweeps[mode] = logged_sweep(
+            tmp_path / mode,
+            text,
+            lambda trial, level=level: [
+                {"examples": 10_000 * (i + 1), "squared_error": level} for i in range(4)
+            ],
+        )
+
+    records = report.load_results([sweeps["original"], sweeps["corrected"]])
+    lines = {a.line: a for a in report.aggregate(records, "squared_error", "examples", 20_000)}
+    assert lines["cbp (fidelity=original)"].mean.tolist() == [2.0, 2.0]
+    assert lines["cbp (fidelity=corrected)"].mean.tolist() == [1.0, 1.0]
+    out = tmp_path / "side"
+    argv = [
+        "report",
+        str(sweeps["original"]),
+        str(sweeps["corrected"]),
+        "--out",
+        str(out),
+        "--export",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "figure:" in capsys.readouterr().out and (out / "squared_error.png").exists()
+    curves = pd.read_csv(out / "curves.csv")
+    assert list(curves.columns).count("fidelity") == 1 and set(curves.fidelity) == {"original", "corrected"}
+    assert set(curves.sweep) == {"s_original", "s_corrected"}

@@ -5,15 +5,19 @@ CBP's maturity stated explicitly. Only validation here: nothing runs, Ray is not
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import pytest
 
+from lop_ray.data.shards import prepare_dataset
 from lop_ray.schema import Sweep, load_sweep
+from tests.mnist_files import write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
 REGRESSION = SWEEPS / "regression"
+PERMUTED = SWEEPS / "permuted_mnist"
 
 ALL_FILES = sorted(p for p in SWEEPS.rglob("*") if p.suffix in (".yaml", ".yml"))
 REGRESSION_FILES = sorted(p for p in ALL_FILES if REGRESSION in p.parents)
@@ -47,6 +51,17 @@ EXPECTED_FILES: dict[str, tuple[str, str | None, str, int]] = {
 
 def _rel(path: Path) -> str:
     return path.relative_to(REGRESSION).as_posix()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def submit_directory(tmp_path_factory):
+    """Where a user submits from: permuted MNIST files name `data/mnist`, prepared there (here: tiny)."""
+    root = tmp_path_factory.mktemp("submit")
+    prepare_dataset("mnist", write_mnist(root / "raw"), root / "data" / "mnist")
+    before = os.getcwd()
+    os.chdir(root)
+    yield root
+    os.chdir(before)
 
 
 @functools.cache
@@ -169,3 +184,58 @@ def test_cbp_is_the_original_configuration(loaded):
     }.items():
         assert _grid(sweep, key) == {value}, key
     assert len(sweep.trials) == 100 * 5 * 2
+
+
+PERMUTED_FILES = {
+    # file: (algorithm, grid key, grid, hidden widths, tasks, examples per task)
+    "bp.yaml": ("bp", "step_size", {0.01, 0.003, 0.001}, {2000}, 800, None),
+    "bp_small_net.yaml": ("bp", "step_size", {0.003}, {100}, 800, None),
+    "bp_width.yaml": ("bp", "step_size", {0.003}, {100, 1000, 10000}, 150, None),
+    "bp_rate_10000.yaml": ("bp", "step_size", {0.003}, {2000}, 4800, 10_000),
+    "bp_rate_100000.yaml": ("bp", "step_size", {0.003}, {2000}, 480, 100_000),
+    "bp_rate_1000000.yaml": ("bp", "step_size", {0.003}, {2000}, 48, 1_000_000),
+    "adam.yaml": ("bp", "step_size", {1e-4, 3e-5, 5e-5}, {2000}, 800, None),
+    "l2.yaml": ("l2", "weight_decay", {1e-3, 1e-4, 1e-5}, {2000}, 800, None),
+    "snp.yaml": ("snp", "perturb_scale", {1e-4, 1e-5, 1e-6}, {2000}, 800, None),
+    "cbp.yaml": ("cbp", "replacement_rate", {1e-4, 1e-5, 1e-6}, {2000}, 800, None),
+    "dropout.yaml": ("bp", "step_size", {0.003}, {2000}, 800, None),
+    "online_norm.yaml": ("bp", "step_size", {0.003}, {2000}, 800, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTED_FILES))
+def test_permuted_mnist_files_follow_the_spec(name: str, submit_directory):
+    assert {p.name for p in PERMUTED.glob("*.yaml")} == set(PERMUTED_FILES)
+    algorithm, key, grid, widths, tasks, per_task = PERMUTED_FILES[name]
+    sweep = _load(PERMUTED / name)
+    assert sweep.problem == "permuted_mnist" and sweep.document["fidelity"] == "original"
+    assert {t["algorithm"] for t in sweep.trials} == {algorithm}
+    assert _grid(sweep, key) == grid
+    assert {t["network"]["hidden_units"] for t in sweep.trials} == widths
+    if name == "dropout.yaml":
+        assert {t["network"]["dropout"] for t in sweep.trials} == {0.1, 0.03}
+    seeds = {t["seed"] for t in sweep.trials}
+    assert seeds == ({0} if name == "bp_small_net.yaml" else set(range(30)))
+    for trial in sweep.trials:
+        settings = trial["problem_settings"]
+        assert settings["data"] == str(submit_directory / "data" / "mnist")  # absolute for the workers
+        assert settings["examples_per_task"] == per_task and settings["probe_examples"] == 2000
+        assert trial["num_tasks"] == tasks == trial["num_steps"]
+        assert trial["network"]["hidden_layers"] == 3 and trial["network"]["activation"] == "relu"
+        assert trial["network"]["online_norm"] == (name == "online_norm.yaml")
+        assert trial["network"]["dropout"] in ({0.1, 0.03} if name == "dropout.yaml" else {0.0})
+        hyper = trial["hyperparameters"]
+        assert hyper["optimizer"] == ("adam" if name == "adam.yaml" else "sgd")
+        if algorithm in ("l2", "snp", "cbp"):
+            assert hyper["step_size"] == 0.003
+        if algorithm == "snp":
+            assert hyper["weight_decay"] == 1e-4
+        if algorithm == "cbp":
+            assert (hyper["maturity_threshold"], hyper["decay_rate"], hyper["accumulate"]) == (
+                100,
+                0.99,
+                True,
+            )
+            assert hyper["util_type"] == "adaptable_contribution"
+            assert hyper["bias_correction"] is False and hyper["reset_optimizer_state"] is False
+    assert sweep.document["resources"]["gpu"] > 0

@@ -21,31 +21,39 @@ ROOT = Path(__file__).resolve().parents[1]
 LOP_RAY = str(Path(sys.executable).with_name("lop-ray"))
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_quickstart_shows_bp_losing_plasticity_and_cbp_keeping_it(tmp_path, ray_tmp):
+def _run_sweep_file(name: str, storage: Path, figure: str) -> tuple[str, Path]:
+    """`lop-ray sweep sweeps/<name>.yaml` as a user runs it; its stdout and results directory."""
     run = subprocess.run(
-        [LOP_RAY, "sweep", str(ROOT / "sweeps" / "quickstart.yaml"), "--storage", str(tmp_path)],
+        [LOP_RAY, "sweep", str(ROOT / "sweeps" / f"{name}.yaml"), "--storage", str(storage)],
         capture_output=True,
         text=True,
         timeout=1400,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "last / first" in run.stdout and "mlflow ui --backend-store-uri sqlite:" in run.stdout
-    results = tmp_path / "quickstart"
-    assert (results / "squared_error.png").stat().st_size > 10_000
+    results = storage / name
+    assert (results / figure).stat().st_size > 10_000
+    return run.stdout, results
 
-    records = report.load_trial_records(results)
-    spec = report.HEADLINE["slowly_changing_regression"]
-    curves = {a.line: a for a in report.aggregate(records, spec["metric"], spec["x"], spec["bin_x"])}
+
+def _early_and_late(
+    results: Path, metric: str, x: str, bin_x: int, bins: int
+) -> dict[str, tuple[float, float]]:
+    """Per algorithm: the mean over seeds of the first and of the last quarter of the run's bins."""
+    curves = {a.line: a for a in report.aggregate(report.load_trial_records(results), metric, x, bin_x)}
     assert set(curves) == {"bp", "l2", "snp", "cbp"}
-    assert all(c.seeds == 2 and len(c.x) == 12 for c in curves.values())
+    assert all(c.seeds == 2 and len(c.x) == bins for c in curves.values())
+    return {line: (c.window(0.25, late=False)[0], c.window(0.25, late=True)[0]) for line, c in curves.items()}
 
-    def early_late(line: str) -> tuple[float, float]:  # mean of the first and last three bins
-        return curves[line].window(0.25, late=False)[0], curves[line].window(0.25, late=True)[0]
 
-    bp_early, bp_late = early_late("bp")
-    cbp_early, cbp_late = early_late("cbp")
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_quickstart_shows_bp_losing_plasticity_and_cbp_keeping_it(tmp_path, ray_tmp):
+    _, results = _run_sweep_file("quickstart", tmp_path, "squared_error.png")
+
+    spec = report.HEADLINE["slowly_changing_regression"]
+    error = _early_and_late(results, spec["metric"], spec["x"], spec["bin_x"], bins=12)
+    (bp_early, bp_late), (cbp_early, cbp_late) = error["bp"], error["cbp"]
     assert bp_late > 1.5 * bp_early, (bp_early, bp_late)
     assert cbp_late < 1.25 * cbp_early, (cbp_early, cbp_late)  # measured: 1.02 (bp: 1.96)
     assert cbp_late < 0.6 * bp_late
@@ -54,3 +62,19 @@ def test_quickstart_shows_bp_losing_plasticity_and_cbp_keeping_it(tmp_path, ray_
     experiment = client.get_experiment_by_name("quickstart")
     parent = client.search_runs([experiment.experiment_id], "tags.`lop_ray.kind` = 'sweep'")[0]
     assert "squared_error.png" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_quickstart_digits_shows_bp_accuracy_falling_and_cbp_holding(tmp_path, ray_tmp):
+    """`make quickstart-digits`: permuted MNIST's code path on scikit-learn's real 8×8 digits."""
+    stdout, results = _run_sweep_file("quickstart_digits", tmp_path, "accuracy.png")
+    assert "online accuracy per task" in stdout
+
+    accuracy = _early_and_late(results, "accuracy", "tasks", 1, bins=40)
+    (bp_early, bp_late), (cbp_early, cbp_late) = accuracy["bp"], accuracy["cbp"]
+    assert bp_late < bp_early - 0.05, (bp_early, bp_late)
+    assert cbp_late > cbp_early - 0.02, (cbp_early, cbp_late)
+    assert cbp_late > bp_late + 0.05
+    dead = _early_and_late(results, "dead_units_percent", "tasks", 1, bins=40)
+    assert dead["bp"][1] > dead["cbp"][1]

@@ -68,6 +68,7 @@ def test_headline_figure_falls_back_to_steps_for_short_runs(tmp_path):
         )
 
     results = logged_sweep(tmp_path / "r", SWEEP.format(per_step=150), rows_of)
-    path, aggregates = report.headline_figure(results, "slowly_changing_regression", "t")
+    records = report.load_trial_records(results)
+    path, aggregates = report.headline_figure(records, "slowly_changing_regression", "t", results)
     assert path == results / "squared_error.png" and path.stat().st_size > 1000
     assert list(aggregates[0].mean) == [1.0, 2.0, 3.0]

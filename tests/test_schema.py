@@ -18,6 +18,7 @@ import yaml
 
 from lop_ray import cli
 from lop_ray.schema import Sweep, SweepError, load_sweep, validate_sweep
+from lop_ray.tracking import trial_run_name
 
 # Every case's file is HEADER + its own lines; `@STORAGE@` becomes a folder inside tmp_path that must
 # never be created. HEADER is 5 lines, so a case's first own line is line 6.
@@ -61,7 +62,42 @@ algorithms:
 """  # algorithms[1] starts at line 8; a key added after it is on line 11
 ALGOS = ("'bp'", "'cbp'", "'l2'", "'snp'")
 
+PERMUTED_HEADER = """\
+name: bad-sweep
+problem:
+  name: permuted_mnist
+  dataset: mnist
+storage: "@STORAGE@"
+"""
+
 CASES = [
+    # --- permuted MNIST's data must be prepared before anything runs
+    bad(
+        "mnist without data",
+        BP + TASKS,
+        "problem.data",
+        2,
+        "required for mnist",
+        "lop-ray data prepare mnist --src RAW_DIR --dest DIR",
+        header=PERMUTED_HEADER,
+    ),
+    bad(
+        "mnist data not prepared",
+        BP + TASKS,
+        "problem.data",
+        5,
+        "/not-prepared/manifest.json: not found: prepare the dataset first",
+        header=PERMUTED_HEADER.replace('storage: "@STORAGE@"', "  data: /not-prepared")
+        + 'storage: "@STORAGE@"\n',
+    ),
+    bad(
+        "unknown dataset",
+        BP + TASKS,
+        "problem.dataset",
+        4,
+        "Input should be 'mnist' or 'digits'",
+        header=PERMUTED_HEADER.replace("dataset: mnist", "dataset: cifar10"),
+    ),
     # --- problem
     bad(
         "unknown problem",
@@ -69,7 +105,7 @@ CASES = [
         "problem.name",
         3,
         "unknown problem 'bit_flipping'",
-        "allowed: ['slowly_changing_regression']",
+        "allowed: ['permuted_mnist', 'slowly_changing_regression']",
         header=HEADER.replace("slowly_changing_regression", "bit_flipping"),
     ),
     bad(
@@ -78,7 +114,7 @@ CASES = [
         "problem.name",
         2,
         "required key is missing",
-        "allowed: ['slowly_changing_regression']",
+        "allowed: ['permuted_mnist', 'slowly_changing_regression']",
         header=HEADER.replace("  name: slowly_changing_regression\n", ""),
     ),
     bad(
@@ -330,6 +366,20 @@ CASES = [
     bad(
         "bad fidelity value", BP + TASKS + "fidelity: faithful\n", "fidelity", 10, "'original' or 'corrected'"
     ),
+    bad(
+        "fidelity grid with a bad mode",
+        BP + TASKS + "fidelity: [original, faithful]\n",
+        "fidelity[1]",
+        10,
+        "'original' or 'corrected'",
+    ),
+    bad(
+        "fidelity grid repeating a mode",
+        BP + TASKS + "fidelity: [corrected, corrected]\n",
+        "fidelity",
+        10,
+        "lists each mode once",
+    ),
     bad("num_tasks 0", BP + "num_tasks: 0\n", "num_tasks", 9, "greater than or equal to 1", "got 0"),
     bad("num_tasks missing", BP, "num_tasks", None, "required key is missing"),
     bad(
@@ -555,7 +605,8 @@ def test_exit_status_of_the_real_process(tmp_path):
 
     storage = tmp_path / "storage"
     path = tmp_path / "sweep.yaml"
-    path.write_text(CASES[0].text.replace("@STORAGE@", str(storage)))
+    case = next(case for case in CASES if case.id == "unknown problem")
+    path.write_text(case.text.replace("@STORAGE@", str(storage)))
     done = subprocess.run(
         [sys.executable, "-m", "lop_ray.cli", "sweep", str(path)],
         capture_output=True,
@@ -661,6 +712,22 @@ def test_fidelity_fills_cbp_options(tmp_path, fidelity, expected):
         assert trial["hyperparameters"]["reset_optimizer_state"] is expected
     bp = next(t for t in sweep.trials if t["algorithm"] == "bp")
     assert "bias_correction" not in bp["hyperparameters"]
+
+
+def test_a_fidelity_grid_runs_every_trial_in_both_modes_on_the_same_seeds(tmp_path):
+    single = load_sweep(_write(tmp_path, VALID))
+    text = VALID + "fidelity: [original, corrected]\n"
+    both = load_sweep(_write(tmp_path, text))
+    assert len(both.trials) == 2 * len(single.trials)
+    assert [t["trial_index"] for t in both.trials] == list(range(len(both.trials)))
+    for mode, expected in (("original", False), ("corrected", True)):
+        trials = [t for t in both.trials if t["fidelity"] == mode]
+        assert {t["seed"] for t in trials} == {t["seed"] for t in single.trials}
+        assert all(t["varying"]["fidelity"] == mode for t in trials)
+        cbp = [t for t in trials if t["algorithm"] == "cbp"]
+        assert cbp and all(t["hyperparameters"]["bias_correction"] is expected for t in cbp)
+    names = {trial_run_name(t) for t in both.trials}
+    assert len(names) == len(both.trials)  # the mode is part of each run's name
 
 
 def test_explicit_value_wins_over_fidelity(tmp_path):

@@ -102,3 +102,64 @@ def test_resume_of_a_directory_without_a_sweep_is_rejected(tmp_path, capsys):
 
     assert main(["resume", str(tmp_path)]) == 2
     assert "not a lop-ray sweep's results directory" in capsys.readouterr().err
+
+
+DIGITS_SWEEP = """\
+name: digits
+problem:
+  name: permuted_mnist
+  dataset: digits
+  data: {data}
+  probe_examples: 100
+network:
+  hidden_units: 12
+seeds: [0, 1]
+num_tasks: 2
+algorithms:
+  - algorithm: bp
+    step_size: 0.01
+  - algorithm: cbp
+    step_size: 0.01
+    replacement_rate: 0.001
+    maturity_threshold: 50
+    accumulate: true
+resources: {{cpu: 1}}
+storage: {storage}
+"""
+
+
+def test_permuted_digits_sweep_from_prepared_shards_matches_a_plain_loop(tmp_path, local_ray):
+    from lop_ray.cli import main
+    from lop_ray.data.shards import load_dataset
+    from lop_ray.experiments.permuted_mnist import PermutedMNISTExperiment
+    from lop_ray.experiments.permuted_mnist import config_from_trial as permuted_config
+
+    assert main(["data", "prepare", "digits", "--dest", str(tmp_path / "digits")]) == 0
+    path = write_sweep(
+        tmp_path / "d.yaml", DIGITS_SWEEP.format(data=tmp_path / "digits", storage=tmp_path / "results")
+    )
+    sweep = load_sweep(path)
+
+    outcome = run_sweep(sweep, quiet=True)
+
+    assert outcome.errors == 0
+    client, parents, children = mlflow_runs(outcome.tracking_uri, sweep.name)
+    assert len(children) == 4
+    dataset = load_dataset("digits", tmp_path / "digits")
+    by_name = {r.info.run_name: r for r in children}
+    torch.set_num_threads(1)
+    for trial in sweep.trials:
+        experiment = PermutedMNISTExperiment(permuted_config(trial), dataset)
+        expected = [experiment.run_step() for _ in range(2)]
+        run = by_name[trial_run_name(trial)]
+        for key in ("accuracy", "dead_units_percent", "effective_rank", "weight_magnitude"):
+            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            assert [m.value for m in history] == [row[key] for row in expected], (trial["label"], key)
+    artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id)]
+    assert "accuracy.png" in artifacts
+    assert main(["report", str(outcome.results_dir), "--export", str(tmp_path / "curves")]) == 0
+    import pandas as pd
+
+    curves = pd.read_csv(tmp_path / "curves" / "curves.csv")
+    assert set(curves.metric) >= {"accuracy", "dead_units_percent", "effective_rank"}
+    assert len(curves[curves.metric == "accuracy"]) == 4 * 2  # one bin per task

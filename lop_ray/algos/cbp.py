@@ -249,6 +249,10 @@ def _broadcast_units(per_unit: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 
 def _reset_norm_entries(norm: torch.nn.Module, units: torch.Tensor) -> None:
+    reset_units = getattr(norm, "reset_units", None)
+    if reset_units is not None:  # a norm that knows its own per-unit state (online normalisation)
+        reset_units(units)
+        return
     if norm.affine:
         norm.weight[units] = 1.0
         norm.bias[units] = 0.0

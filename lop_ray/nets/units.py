@@ -34,7 +34,7 @@ class UnitGroup:
     incoming: nn.Linear | nn.Conv2d
     outgoing: nn.Linear | nn.Conv2d
     activation: str
-    norm: nn.BatchNorm1d | nn.BatchNorm2d | None = None
+    norm: nn.Module | None = None  # BatchNorm1d/2d, or any norm with `reset_units(units)`
     fan_out_per_unit: int = 1
 
     @property

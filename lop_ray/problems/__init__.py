@@ -4,8 +4,9 @@ into trials, and which trainable runs it. Adding a problem is adding one entry h
 from __future__ import annotations
 
 from lop_ray.problems.base import ProblemSpec
+from lop_ray.problems.permuted_mnist import PERMUTED_MNIST
 from lop_ray.problems.regression import REGRESSION
 
-PROBLEMS: dict[str, ProblemSpec] = {spec.name: spec for spec in (REGRESSION,)}
+PROBLEMS: dict[str, ProblemSpec] = {spec.name: spec for spec in (REGRESSION, PERMUTED_MNIST)}
 
 __all__ = ["PROBLEMS", "ProblemSpec"]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lop_ray.algos.cbp import CBPConfig, InitScheme, ReplacementBase, UtilType
 from lop_ray.data.regression import RegressionSettings
 from lop_ray.nets.activations import ACTIVATIONS
-from lop_ray.problems.base import Count, OptimizerHyperparameters, ProblemSpec, Rate, Real, Strict
+from lop_ray.problems.base import Count, ProblemSpec, Real, Strict
+from lop_ray.problems.learners import SUPERVISED_ALGORITHMS
 
 _DEFAULT = RegressionSettings()
-_CBP = CBPConfig()
 
 
 class RegressionProblem(Strict):
@@ -39,37 +38,6 @@ class RegressionNetwork(Strict):
     hidden_units: Count = Field(5, ge=0)  # 0: the linear learner
 
 
-class BP(OptimizerHyperparameters):
-    """Plain backprop: no weight decay, no intervention."""
-
-
-class L2(OptimizerHyperparameters):
-    weight_decay: Real = Field(gt=0)
-
-
-class ShrinkAndPerturb(OptimizerHyperparameters):
-    weight_decay: Real = Field(ge=0)
-    perturb_scale: Real = Field(gt=0)
-
-
-class ContinualBackprop(OptimizerHyperparameters):
-    weight_decay: Real = Field(0.0, ge=0)
-    replacement_rate: Rate = _CBP.replacement_rate
-    maturity_threshold: Count = Field(_CBP.maturity_threshold, ge=0)
-    decay_rate: Real = Field(_CBP.decay_rate, ge=0, lt=1)
-    util_type: UtilType = "adaptable_contribution"
-    init: InitScheme = _CBP.init
-    accumulate: bool = _CBP.accumulate
-    replacement_base: ReplacementBase = _CBP.replacement_base
-    bias_correction: bool
-    reset_optimizer_state: bool
-
-    fidelity_options: ClassVar[dict[str, dict[str, Any]]] = {
-        "bias_correction": {"original": False, "corrected": True},
-        "reset_optimizer_state": {"original": False, "corrected": True},
-    }
-
-
 def regression_steps(settings: RegressionProblem, num_tasks: int) -> int:
     per_step = settings.examples_per_step or settings.flip_after
     total = num_tasks * settings.flip_after
@@ -85,7 +53,7 @@ REGRESSION = ProblemSpec(
     name="slowly_changing_regression",
     settings_model=RegressionProblem,
     network_model=RegressionNetwork,
-    algorithms={"bp": BP, "l2": L2, "snp": ShrinkAndPerturb, "cbp": ContinualBackprop},
+    algorithms=SUPERVISED_ALGORITHMS,
     steps_for=regression_steps,
     trainable="lop_ray.trainables.regression:RegressionTrainable",
 )

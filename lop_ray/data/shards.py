@@ -1,0 +1,183 @@
+"""Prepared datasets: raw files in their official formats → checksummed `.npy` shards + a manifest.
+
+Trials never parse raw files: `lop-ray data prepare` does it once, and every trial loads the shards,
+each checked against the SHA-256 in the manifest, so a truncated or tampered file is an error that
+names it, never silently wrong data. Arrays are split along their first axis into shards of at most
+`shard_bytes` so that big datasets (ImageNet 32×32: ~4 GB) copy and verify piecewise.
+
+manifest.json
+  format        MANIFEST_FORMAT
+  dataset       "mnist" | "digits"
+  pixel_max     the value of a white pixel (255 for MNIST, 16 for scikit-learn's digits)
+  num_classes
+  splits        {split: {array: {"dtype", "shape", "shards": [{"file", "rows", "bytes", "sha256"}]}}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lop_ray.data.idx import DataFormatError, read_mnist
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+DEFAULT_SHARD_BYTES = 256 * 2**20
+DATASETS = ("mnist", "digits")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """One split of a prepared dataset: images N×H×W (grey) or N×C×H×W, uint8; labels N, int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    pixel_max: float
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_raw(dataset: str, src: str | Path | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """The splits of `dataset` from its official files under `src` (digits: bundled with scikit-learn)."""
+    if dataset == "mnist":
+        if src is None:
+            raise DataFormatError("mnist: --src DIR is required (the directory holding MNIST/raw/)")
+        splits = {split: read_mnist(src, split) for split in ("train", "test")}
+        return splits, {"pixel_max": 255.0, "num_classes": 10}
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = digits.images.astype(np.uint8)  # integer grey levels 0..16
+        return {"train": (images, digits.target.astype(np.uint8))}, {"pixel_max": 16.0, "num_classes": 10}
+    raise DataFormatError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+
+
+def prepare_dataset(
+    dataset: str, src: str | Path | None, dest: str | Path, shard_bytes: int = DEFAULT_SHARD_BYTES
+) -> Path:
+    """Write `dataset`'s shards and manifest into the directory `dest`; returns the manifest's path."""
+    splits, info = read_raw(dataset, src)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": MANIFEST_FORMAT, "dataset": dataset, **info, "splits": {}}
+    for split, (images, labels) in splits.items():
+        manifest["splits"][split] = {
+            "images": _write_array(dest, f"{split}-images", images, shard_bytes),
+            "labels": _write_array(dest, f"{split}-labels", labels.astype(np.int64), shard_bytes),
+        }
+    path = dest / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def _write_array(dest: Path, stem: str, array: np.ndarray, shard_bytes: int) -> dict:
+    row_bytes = max(1, array[0].nbytes if len(array) else 1)
+    rows_per_shard = max(1, shard_bytes // row_bytes)
+    shards = []
+    for index, start in enumerate(range(0, len(array), rows_per_shard)):
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array[start : start + rows_per_shard]), allow_pickle=False)
+        data = buffer.getvalue()
+        name = f"{stem}-{index:05d}.npy"
+        (dest / name).write_bytes(data)
+        shards.append(
+            {
+                "file": name,
+                "rows": min(rows_per_shard, len(array) - start),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    return {"dtype": str(array.dtype), "shape": list(array.shape), "shards": shards}
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of a prepared dataset directory, checked for the keys the loaders rely on."""
+    file = Path(path) / MANIFEST_FILE
+    try:
+        manifest = json.loads(file.read_text())
+    except FileNotFoundError as error:
+        raise DataFormatError(
+            f"{file}: not found: prepare the dataset first (`lop-ray data prepare DATASET --src RAW --dest {path}`)"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"{file}: not valid JSON: {error}") from error
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("dataset") not in DATASETS:
+        raise DataFormatError(
+            f"{file}: format {manifest.get('format')!r} dataset {manifest.get('dataset')!r}; "
+            f"expected format {MANIFEST_FORMAT} and one of {', '.join(DATASETS)}"
+        )
+    return manifest
+
+
+def load_split(path: str | Path, split: str = "train") -> ImageDataset:
+    """One split of a prepared dataset, every shard verified against its checksum."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if split not in manifest["splits"]:
+        raise DataFormatError(
+            f"{path / MANIFEST_FILE}: no split {split!r}; it has {', '.join(manifest['splits'])}"
+        )
+    arrays = {name: _read_array(path, spec) for name, spec in manifest["splits"][split].items()}
+    return ImageDataset(
+        arrays["images"], arrays["labels"], float(manifest["pixel_max"]), int(manifest["num_classes"])
+    )
+
+
+def load_dataset(dataset: str, data: str | Path | None, split: str = "train") -> ImageDataset:
+    """A prepared dataset's split; scikit-learn's digits need no preparing (`data` None)."""
+    if data is None:
+        if dataset != "digits":
+            raise DataFormatError(f"{dataset}: no prepared data given; run `lop-ray data prepare {dataset}`")
+        splits, info = read_raw("digits", None)
+        images, labels = splits[split]
+        return ImageDataset(images, labels.astype(np.int64), info["pixel_max"], info["num_classes"])
+    loaded = load_split(data, split)
+    manifest_dataset = read_manifest(data)["dataset"]
+    if manifest_dataset != dataset:
+        raise DataFormatError(f"{Path(data) / MANIFEST_FILE}: holds {manifest_dataset!r}, not {dataset!r}")
+    return loaded
+
+
+def _npy_view(data: bytes) -> np.ndarray:
+    """The array in `.npy` bytes without copying them (read-only, like the object store's arrays)."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    read_header = (
+        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran_order, dtype = read_header(stream)
+    if fortran_order or dtype.hasobject:
+        raise DataFormatError("shard is not a C-ordered plain array")
+    return np.frombuffer(data, dtype, offset=stream.tell(), count=int(np.prod(shape))).reshape(shape)
+
+
+def _read_array(path: Path, spec: dict) -> np.ndarray:
+    parts = []
+    for shard in spec["shards"]:
+        file = path / shard["file"]
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError as error:
+            raise DataFormatError(f"{file}: shard listed in {path / MANIFEST_FILE} is missing") from error
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != shard["bytes"] or digest != shard["sha256"]:
+            raise DataFormatError(
+                f"{file}: {len(data)} bytes with sha256 {digest}, but the manifest says "
+                f"{shard['bytes']} bytes with sha256 {shard['sha256']}: truncated or modified; prepare it again"
+            )
+        parts.append(_npy_view(data))
+    array = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
+        raise DataFormatError(
+            f"{path}: shards hold {array.shape} {array.dtype}, the manifest says {spec['shape']} {spec['dtype']}"
+        )
+    return array

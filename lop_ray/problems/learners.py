@@ -1,0 +1,51 @@
+"""The algorithms every supervised problem offers, as sweep-file schemas (spec/algorithms.md)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from lop_ray.algos.cbp import CBPConfig, InitScheme, ReplacementBase, UtilType
+from lop_ray.problems.base import Count, OptimizerHyperparameters, Rate, Real
+
+_CBP = CBPConfig()
+
+
+class BP(OptimizerHyperparameters):
+    """Plain backprop: no weight decay, no intervention."""
+
+
+class L2(OptimizerHyperparameters):
+    weight_decay: Real = Field(gt=0)
+
+
+class ShrinkAndPerturb(OptimizerHyperparameters):
+    weight_decay: Real = Field(ge=0)
+    perturb_scale: Real = Field(gt=0)
+
+
+class ContinualBackprop(OptimizerHyperparameters):
+    weight_decay: Real = Field(0.0, ge=0)
+    replacement_rate: Rate = _CBP.replacement_rate
+    maturity_threshold: Count = Field(_CBP.maturity_threshold, ge=0)
+    decay_rate: Real = Field(_CBP.decay_rate, ge=0, lt=1)
+    util_type: UtilType = "adaptable_contribution"
+    init: InitScheme = _CBP.init
+    accumulate: bool = _CBP.accumulate
+    replacement_base: ReplacementBase = _CBP.replacement_base
+    bias_correction: bool
+    reset_optimizer_state: bool
+
+    fidelity_options: ClassVar[dict[str, dict[str, Any]]] = {
+        "bias_correction": {"original": False, "corrected": True},
+        "reset_optimizer_state": {"original": False, "corrected": True},
+    }
+
+
+SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
+    "bp": BP,
+    "l2": L2,
+    "snp": ShrinkAndPerturb,
+    "cbp": ContinualBackprop,
+}

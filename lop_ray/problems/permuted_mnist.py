@@ -1,0 +1,64 @@
+"""Online permuted MNIST in a sweep file (spec/problems.md §2); `dataset: digits` runs the same code
+on scikit-learn's bundled 8×8 digits (offline demos and tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from lop_ray.data.idx import DataFormatError
+from lop_ray.data.shards import read_manifest
+from lop_ray.nets.activations import ACTIVATIONS
+from lop_ray.problems.base import Count, ProblemSpec, Real, Strict
+from lop_ray.problems.learners import SUPERVISED_ALGORITHMS
+
+
+class PermutedMNISTProblem(Strict):
+    dataset: Literal["mnist", "digits"] = "mnist"
+    # a directory written by `lop-ray data prepare`; digits may leave it out (bundled with scikit-learn)
+    data: str | None = Field(None, validate_default=True)
+    examples_per_task: Count | None = Field(None, ge=1)  # default: the dataset once (60,000 for MNIST)
+    probe_examples: Count = Field(2000, ge=1)
+
+    @field_validator("data")
+    @classmethod
+    def _prepared(cls, data: str | None, info: ValidationInfo) -> str | None:
+        dataset = info.data.get("dataset")
+        if data is None:
+            if dataset == "mnist":
+                raise ValueError(
+                    f"required for {dataset}: a directory written by "
+                    f"`lop-ray data prepare {dataset} --src RAW_DIR --dest DIR`"
+                )
+            return data
+        if "://" in data:  # remote: checked by the trial that loads it
+            return data
+        # relative to where the sweep is submitted; trials (other processes) get the absolute path
+        path = Path(data).expanduser().resolve()
+        try:
+            manifest = read_manifest(path)
+        except DataFormatError as error:
+            raise ValueError(str(error)) from None
+        if dataset is not None and manifest["dataset"] != dataset:
+            raise ValueError(f"{path} holds {manifest['dataset']!r}, not {dataset!r}")
+        return str(path)
+
+
+class PermutedMNISTNetwork(Strict):
+    activation: Literal[tuple(ACTIVATIONS)] = "relu"  # type: ignore[valid-type]
+    hidden_units: Count = Field(2000, ge=1)
+    hidden_layers: Count = Field(3, ge=1)
+    dropout: Real = Field(0.0, ge=0, lt=1)  # of every hidden layer's output, in training
+    online_norm: bool = False  # online normalisation (Chiley et al. 2019) of every hidden layer
+
+
+PERMUTED_MNIST = ProblemSpec(
+    name="permuted_mnist",
+    settings_model=PermutedMNISTProblem,
+    network_model=PermutedMNISTNetwork,
+    algorithms=SUPERVISED_ALGORITHMS,
+    steps_for=lambda settings, num_tasks: num_tasks,  # one step = one task
+    trainable="lop_ray.trainables.permuted_mnist:PermutedMNISTTrainable",
+)
