@@ -28,12 +28,10 @@ class LearnerSettings:
     cbp: CBPConfig | None = None
 
 
-def build_learner(
-    net: UnitNetwork, settings: LearnerSettings, gen: torch.Generator, loss_fn
-) -> tuple[Backprop, ContinualBackprop | None]:
-    """Backprop with the interventions the algorithm asks for (CBP, then shrink-and-perturb)."""
-    optimizer = make_optimizer(
-        net.parameters(),
+def optimizer_for(parameters, settings: LearnerSettings) -> torch.optim.Optimizer:
+    """The trial's optimizer over `parameters` (L2 is its coupled weight decay)."""
+    return make_optimizer(
+        parameters,
         settings.optimizer,
         settings.step_size,
         weight_decay=settings.weight_decay,
@@ -42,6 +40,13 @@ def build_learner(
         beta2=settings.beta2,
         eps=settings.eps,
     )
+
+
+def build_learner(
+    net: UnitNetwork, settings: LearnerSettings, gen: torch.Generator, loss_fn
+) -> tuple[Backprop, ContinualBackprop | None]:
+    """Backprop with the interventions the algorithm asks for (CBP, then shrink-and-perturb)."""
+    optimizer = optimizer_for(net.parameters(), settings)
     interventions = []
     cbp = None
     if settings.cbp is not None:

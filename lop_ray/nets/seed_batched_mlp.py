@@ -1,0 +1,134 @@
+"""S independent MLPs, one per seed, stepped together: weights (S, out, in), batched matmuls.
+
+At one example per step a learner's cost is the number of kernel launches, not arithmetic
+(docs/performance.md), so stepping S seeds through one batched network costs about what one seed
+costs. Seed s of the batch is initialised exactly as `MLP(sizes, activation, generator=g_s)`
+(same draws, same order), and nothing in a step mixes seeds, so each seed's trajectory does not
+depend on which other seeds share its batch.
+
+Inputs are (S, batch, features); a per-seed loss is the mean over that seed's batch and outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lop_ray.nets.activations import make_activation
+from lop_ray.nets.mlp import MLP
+from lop_ray.nets.mlp_gradients import DERIVATIVES
+
+
+class SeedBatchedLinear(nn.Module):
+    """One linear layer per seed: weight (S, out, in), bias (S, out)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(bias.clone())
+
+
+class SeedBatchedMLP(nn.Module):
+    def __init__(self, sizes: Sequence[int], activation: str, generators: Sequence[torch.Generator]) -> None:
+        super().__init__()
+        singles = [MLP(sizes, activation, generator=g) for g in generators]  # the per-seed init, exactly
+        self.num_seeds = len(singles)
+        self.activation_name = activation
+        self._activation_fn = make_activation(activation).forward
+        self.layers = nn.ModuleList(
+            SeedBatchedLinear(
+                torch.stack([s.layers[i].weight.detach() for s in singles]),
+                torch.stack([s.layers[i].bias.detach() for s in singles]),
+            )
+            for i in range(len(sizes) - 1)
+        )
+
+    @property
+    def weights(self) -> list[nn.Parameter]:
+        return [layer.weight for layer in self.layers]
+
+    @property
+    def biases(self) -> list[nn.Parameter]:
+        return [layer.bias for layer in self.layers]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        activations = []
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+            x = self._activation_fn(_linear(x, weight, bias))
+            activations.append(x)
+        return _linear(x, self.weights[-1], self.biases[-1]), activations
+
+    @torch.no_grad()
+    def loss_and_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Per-seed losses (S,), outputs, hidden activations and gradients in `parameters()` order."""
+        derivative = DERIVATIVES[self.activation_name]
+        inputs, pre_activations = [x], []
+        h = x
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+            z = _linear(h, weight, bias)
+            h = self._activation_fn(z)
+            pre_activations.append(z)
+            inputs.append(h)
+        output = _linear(h, self.weights[-1], self.biases[-1])
+        loss, delta = _per_seed_loss_gradient(output, target, loss_fn)
+        grads: list[torch.Tensor] = []
+        for layer in range(len(self.weights) - 1, -1, -1):
+            grads.append(delta.sum(dim=1))
+            grads.append(_outer(delta, inputs[layer]))
+            if layer:
+                back = _backward(delta, self.weights[layer])
+                delta = back * derivative(pre_activations[layer - 1], inputs[layer])
+        grads.reverse()
+        return loss, output, inputs[1:], grads
+
+
+# Small layers at one example per seed (regression: 20 → 5 → 1) are cheaper as broadcast products
+# and sums, which vectorise across seeds, than as batched matmuls, which loop over tiny matrices.
+_SMALL = 4096
+
+
+def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.shape[1] == 1 and weight[0].numel() <= _SMALL
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x (S, B, in) → (S, B, out) through each seed's own layer."""
+    if _small(x, weight):
+        return ((weight * x).sum(dim=2) + bias).unsqueeze(1)
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _outer(delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Weight gradient Σ_b δ_b x_bᵀ per seed: (S, out, in)."""
+    if _small(inputs, delta.transpose(1, 2)):
+        return delta.transpose(1, 2) * inputs
+    return torch.bmm(delta.transpose(1, 2), inputs)
+
+
+def _backward(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """δ W per seed: (S, B, in)."""
+    if _small(delta, weight):
+        return (delta.transpose(1, 2) * weight).sum(dim=1, keepdim=True)
+    return torch.bmm(delta, weight)
+
+
+def _per_seed_loss_gradient(
+    output: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss per seed, d Σ_s loss_s / d output) for mean-reduced MSE or cross-entropy."""
+    if loss_fn is F.mse_loss:
+        diff = output - target
+        per_seed = diff[0].numel()
+        return (diff * diff).flatten(1).mean(dim=1), diff * (2.0 / per_seed)
+    if loss_fn is F.cross_entropy:
+        log_probs = torch.log_softmax(output, dim=2)
+        picked = log_probs.gather(2, target.unsqueeze(2))
+        grad = log_probs.exp()
+        grad.scatter_add_(2, target.unsqueeze(2), torch.full_like(picked, -1.0))
+        return -picked.flatten(1).mean(dim=1), grad / target.shape[1]
+    raise ValueError(f"no per-seed gradient for {loss_fn}; use F.mse_loss or F.cross_entropy")
