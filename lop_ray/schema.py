@@ -74,6 +74,9 @@ class SweepFile(Strict):
     network: dict[str, Any] = {}
     algorithms: list[dict[str, Any]] = Field(min_length=1)
     seeds: Seeds = Field(default=[0])
+    # seeds of one configuration run together in one Tune trial by a seed-batched learner (for the
+    # algorithms that have one: `ProblemSpec.seed_batched_algorithms`; others run one seed each)
+    seeds_per_trial: Count = Field(1, ge=1)
     num_tasks: Count = Field(ge=1)
     # one mode, or a list of modes: a grid, every trial run in each (side by side on the same seeds)
     fidelity: FidelityChoice = "corrected"
@@ -101,6 +104,29 @@ class Sweep:
     steps_per_trial: int
     trials: list[dict[str, Any]] = field(repr=False)
     document: dict[str, Any] = field(repr=False)
+    seeds_per_trial: int = 1
+
+    @property
+    def groups(self) -> list[list[dict[str, Any]]]:
+        """The Tune trials: consecutive runs of one configuration, up to `seeds_per_trial` seeds each
+        where the algorithm has a seed-batched learner, one otherwise."""
+        groups: list[list[dict[str, Any]]] = []
+        for trial in self.trials:
+            last = groups[-1] if groups else None
+            same = last is not None and _configuration(last[0]) == _configuration(trial)
+            if same and len(last) < trial["seeds_per_trial"]:
+                last.append(trial)
+            else:
+                groups.append([trial])
+        return groups
+
+
+def _configuration(trial: dict[str, Any]) -> tuple:
+    """What a trial is apart from its seed and index."""
+    return tuple(
+        repr(trial[key])
+        for key in ("problem_settings", "network", "algorithm", "label", "hyperparameters", "fidelity")
+    )
 
 
 class SweepError(Exception):
@@ -267,6 +293,10 @@ class _Validator:
                     "varying": {**varying_net, **varying_algo, **varying_fidelity},
                     "fidelity": fidelity,
                     "seed": seed,
+                    # algorithms without a seed-batched learner run one seed per Tune trial
+                    "seeds_per_trial": top.seeds_per_trial
+                    if algorithm in spec.seed_batched_algorithms
+                    else 1,
                     "num_tasks": top.num_tasks,
                     "num_steps": steps,
                 }
@@ -282,6 +312,7 @@ class _Validator:
             max_failures=top.max_failures,
             max_concurrent_trials=top.max_concurrent_trials,
             steps_per_trial=steps,
+            seeds_per_trial=top.seeds_per_trial,
             trials=trials,
             document=document,
         )

@@ -85,7 +85,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
     _announce(results_dir, tracking_uri, sweep, quiet)
     tuner = tune.Tuner(
         _trainable(sweep),
-        param_space={"trial": tune.grid_search(sweep.trials), "tracking": tracking},
+        param_space={"trials": tune.grid_search(sweep.groups), "tracking": tracking},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=sweep.max_concurrent_trials,
             trial_name_creator=_trial_name,
@@ -101,7 +101,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             callbacks=[
                 ReconcileCheckpoints(),
-                SweepProgress(len(sweep.trials), sweep.steps_per_trial, quiet),
+                SweepProgress(len(sweep.groups), sweep.steps_per_trial, quiet),
             ],
             verbose=0,
         ),
@@ -134,13 +134,19 @@ def _trainable(sweep: Sweep):
 
 
 def _trial_name(trial) -> str:
-    return trial_run_name(trial.config["trial"])
+    group = trial.config["trials"]
+    name = trial_run_name(group[0])
+    if len(group) > 1:
+        name = name.rsplit(" seed=", 1)[0] + f" seeds={group[0]['seed']}-{group[-1]['seed']}"
+    return name
 
 
 def _trial_dirname(trial) -> str:
-    config = trial.config["trial"]
+    group = trial.config["trials"]
+    config = group[0]
     varying = "_".join(f"{k}={v}" for k, v in config["varying"].items())
-    parts = [config["label"], varying, f"seed={config['seed']}", trial.trial_id]
+    seeds = f"seed={config['seed']}" if len(group) == 1 else f"seeds={config['seed']}-{group[-1]['seed']}"
+    parts = [config["label"], varying, seeds, trial.trial_id]
     return "_".join(p for p in parts if p).replace("/", "-")
 
 
@@ -156,7 +162,7 @@ def _connect_ray() -> None:
 
 def _announce(results_dir: Path, tracking_uri: str, sweep: Sweep, quiet: bool) -> None:
     print(
-        f"{sweep.name}: {len(sweep.trials)} trials × {sweep.steps_per_trial} steps\n"
+        f"{sweep.name}: {_trial_count(sweep)} × {sweep.steps_per_trial} steps\n"
         f"  results: {results_dir}\n  MLflow:  {tracking_uri}\n  UI:      {ui_command(tracking_uri)}",
         file=sys.stderr,
         flush=True,
@@ -212,3 +218,9 @@ def _summary_table(sweep: Sweep, aggregates: list[report.Aggregate]) -> Table:
 
 def _bin_name(spec: dict[str, Any]) -> str:
     return spec["xlabel"].removesuffix("s") if spec["bin_x"] == 1 else f"{spec['bin_x']:,} {spec['xlabel']}"
+
+
+def _trial_count(sweep: Sweep) -> str:
+    if sweep.seeds_per_trial == 1:
+        return f"{len(sweep.trials)} trials"
+    return f"{len(sweep.trials)} trials in {len(sweep.groups)} seed-batched Tune trials"

@@ -27,7 +27,10 @@ def _trainable_config(tmp_path: Path, trial: dict) -> dict:
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, "resume", (tmp_path / "artifacts").as_uri())
     parent = start_sweep_run(client, experiment_id, "resume", trial["problem"], {})
-    return {"trial": trial, "tracking": {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent}}
+    return {
+        "trials": [trial],
+        "tracking": {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent},
+    }
 
 
 def test_restored_trainable_continues_bit_identically_in_its_own_run(tmp_path):
@@ -53,7 +56,7 @@ def test_restored_trainable_continues_bit_identically_in_its_own_run(tmp_path):
         assert [r[key] for r in got] == [r[key] for r in expected], key
     client = MlflowClient(config["tracking"]["uri"])
     runs = client.search_runs([config["tracking"]["experiment_id"]], "tags.`lop_ray.kind` = 'trial'")
-    resumed_run = next(r for r in runs if r.info.run_id == resumed._run_id)
+    resumed_run = next(r for r in runs if r.info.run_id == resumed._run_ids[0])
     history = client.get_metric_history(resumed_run.info.run_id, "squared_error")
     assert sorted(m.step for m in history) == list(range(6))  # each step once, none lost
     assert resumed_run.info.status == "FINISHED"

@@ -380,6 +380,13 @@ CASES = [
         10,
         "lists each mode once",
     ),
+    bad(
+        "seeds_per_trial 0",
+        BP + TASKS + "seeds_per_trial: 0\n",
+        "seeds_per_trial",
+        10,
+        "greater than or equal to 1",
+    ),
     bad("num_tasks 0", BP + "num_tasks: 0\n", "num_tasks", 9, "greater than or equal to 1", "got 0"),
     bad("num_tasks missing", BP, "num_tasks", None, "required key is missing"),
     bad(
@@ -776,3 +783,33 @@ def test_validate_sweep_takes_a_parsed_document():
     assert raised.value.problems == [
         "in-memory: num_tasks: Input should be greater than or equal to 1 (got -1)"
     ]
+
+
+def test_seeds_of_one_configuration_are_grouped_into_tune_trials(tmp_path):
+    text = """\
+name: grouped
+problem: {name: slowly_changing_regression, flip_after: 100}
+network: {activation: [relu, tanh]}
+algorithms:
+  - algorithm: bp
+    step_size: [0.01, 0.003]
+seeds: {first: 10, count: 5}
+seeds_per_trial: 2
+num_tasks: 2
+"""
+    sweep = load_sweep(_write(tmp_path, text))
+    groups = sweep.groups
+    assert len(sweep.trials) == 2 * 2 * 5 and len(groups) == 2 * 2 * 3
+    assert [[t["seed"] for t in g] for g in groups[:3]] == [[10, 11], [12, 13], [14]]
+    for group in groups:
+        assert len({(repr(t["hyperparameters"]), repr(t["network"])) for t in group}) == 1
+    assert [t["trial_index"] for g in groups for t in g] == list(range(len(sweep.trials)))
+    assert all(t["seeds_per_trial"] == 2 for t in sweep.trials)
+
+
+def test_algorithms_without_a_batched_learner_run_one_seed_per_tune_trial(tmp_path):
+    sweep = load_sweep(_write(tmp_path, VALID.replace("seeds:", "seeds_per_trial: 3\nseeds:")))
+    for group in sweep.groups:
+        algorithm = group[0]["algorithm"]
+        assert len(group) == (3 if algorithm == "bp" else 1), algorithm
+        assert all(t["seeds_per_trial"] == (3 if algorithm == "bp" else 1) for t in group)

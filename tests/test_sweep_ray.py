@@ -7,6 +7,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lop_ray.experiments.regression import RegressionExperiment, config_from_trial
+from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 from lop_ray.schema import load_sweep
 from lop_ray.sweep import run_sweep
 from lop_ray.tracking import trial_run_name
@@ -16,6 +17,9 @@ from tests.conftest import TINY_REGRESSION, write_sweep
 def reference_metrics(trial: dict) -> list[dict[str, float]]:
     """What the trial must report: the experiment stepped in a plain loop, no Ray."""
     torch.set_num_threads(1)
+    if trial["seeds_per_trial"] > 1:  # a seed-batched trial: its seed alone in a batch of one
+        batched = SeedBatchedRegressionExperiment(config_from_trial(trial), [trial["seed"]])
+        return [batched.run_step()[0] for _ in range(trial["num_steps"])]
     experiment = RegressionExperiment(config_from_trial(trial))
     return [experiment.run_step() for _ in range(trial["num_steps"])]
 
@@ -163,3 +167,33 @@ def test_permuted_digits_sweep_from_prepared_shards_matches_a_plain_loop(tmp_pat
     curves = pd.read_csv(tmp_path / "curves" / "curves.csv")
     assert set(curves.metric) >= {"accuracy", "dead_units_percent", "effective_rank"}
     assert len(curves[curves.metric == "accuracy"]) == 4 * 2  # one bin per task
+
+
+BATCHED_SWEEP = """\
+name: batched
+problem: {{name: slowly_changing_regression, flip_after: 300, examples_per_step: 150}}
+seeds: [0, 1, 2]
+seeds_per_trial: 2
+num_tasks: 2
+algorithms:
+  - algorithm: bp
+    step_size: 0.01
+  - algorithm: snp
+    optimizer: adam
+    step_size: 0.001
+    weight_decay: 1.0e-3
+    perturb_scale: 1.0e-3
+resources: {{cpu: 1}}
+storage: {storage}
+"""
+
+
+def test_seed_batched_trials_log_one_mlflow_run_per_seed(tmp_path, local_ray):
+    sweep = load_sweep(write_sweep(tmp_path / "b.yaml", BATCHED_SWEEP.format(storage=tmp_path / "results")))
+    assert [[t["seed"] for t in group] for group in sweep.groups] == [[0, 1], [2], [0, 1], [2]]
+
+    outcome = run_sweep(sweep, quiet=True)
+
+    assert outcome.errors == 0
+    assert len(list(outcome.results_dir.glob("*/params.json"))) == 4  # Tune trials: one per group
+    assert_runs_match_reference(outcome.tracking_uri, sweep)  # and one MLflow run per seed

@@ -9,7 +9,7 @@ checkpoint = `state.pt` in Tune's checkpoint directory, a dict with
                    its generators, the stream position)
   global_rng       torch / numpy / python global RNG states (nothing should draw from them; kept so
                    that a stray draw cannot break bit-identical resume)
-  mlflow_run_id    the trial's MLflow run, continued after a restore
+  mlflow_run_ids   the MLflow run of each of the trial's seeds, continued after a restore
   last_result      the last step's result, replayed if a finished trial is restored and stepped
 plus `manifest.json` (its size and step count, see lop_ray/trial_checkpoints.py).
 """
@@ -30,52 +30,65 @@ from ray import tune
 from lop_ray.tracking import TrialTracker, quiet_mlflow_environment
 from lop_ray.trial_checkpoints import CHECKPOINT_FILE, write_manifest
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 class LopTrainable(tune.Trainable):
-    """Class-API trainable: `step()` runs one step of the experiment (one task or one chunk)."""
+    """Class-API trainable: `step()` runs one step of the experiment (one task or one chunk).
 
-    def build_experiment(self, trial: dict[str, Any], device: torch.device):
-        """The pure-PyTorch experiment: `run_step() -> metrics`, `state_dict()`, `load_state_dict()`."""
+    A Tune trial carries one or more of the sweep's trials, the same configuration on different
+    seeds (`seeds_per_trial`), run together by one seed-batched experiment; each keeps its own
+    MLflow run, so results read the same whichever way they were computed.
+    """
+
+    def build_experiment(self, trials: list[dict[str, Any]], device: torch.device):
+        """The pure-PyTorch experiment for `trials` (seeds of one configuration): `run_step()` returns
+        the step's metrics (one trial) or a list of them (one per trial, in order), `steps_done`,
+        `state_dict()`, `load_state_dict()`."""
         raise TypeError(f"{type(self).__name__} must define build_experiment")
 
     def setup(self, config: dict[str, Any]) -> None:
         quiet_mlflow_environment()
         # one INFO line per checkpoint per trial drowns the sweep's own progress in the driver's log
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-        self.trial_config = config["trial"]
+        self.trial_configs = config["trials"]
         self.tracking = config["tracking"]
         cpus = int(self.trial_resources.required_resources.get("CPU", 1)) if self.trial_resources else 1
         torch.set_num_threads(max(1, cpus))
         use_gpu = ray.is_initialized() and bool(ray.get_gpu_ids()) and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.experiment = self.build_experiment(self.trial_config, self.device)
-        self.num_steps = int(self.trial_config["num_steps"])
-        self._run_id: str | None = None
-        self._tracker: TrialTracker | None = None
+        self.experiment = self.build_experiment(self.trial_configs, self.device)
+        self.num_steps = int(self.trial_configs[0]["num_steps"])
+        self._run_ids: list[str | None] = [None] * len(self.trial_configs)
+        self._trackers: list[TrialTracker] | None = None
         self.last_step_result: dict[str, Any] = {}
 
     @property
-    def tracker(self) -> TrialTracker:
-        # created on first use: a restored trial gets its run id from load_checkpoint, after setup
-        if self._tracker is None:
-            self._tracker = TrialTracker(self.tracking, self.trial_config, self._run_id)
-            self._run_id = self._tracker.run_id
-        return self._tracker
+    def trackers(self) -> list[TrialTracker]:
+        # created on first use: a restored trial gets its run ids from load_checkpoint, after setup
+        if self._trackers is None:
+            self._trackers = [
+                TrialTracker(self.tracking, trial, run_id)
+                for trial, run_id in zip(self.trial_configs, self._run_ids, strict=True)
+            ]
+            self._run_ids = [tracker.run_id for tracker in self._trackers]
+        return self._trackers
 
     def step(self) -> dict[str, Any]:
         if self.experiment.steps_done >= self.num_steps:
             # restored from its final checkpoint by a driver whose record predates it: nothing to run
             return {**self.last_step_result, "done": True}
-        metrics = self.experiment.run_step()
+        results = self.experiment.run_step()
+        per_trial = results if isinstance(results, list) else [results]
         step_index = self.experiment.steps_done - 1
-        tracker = self.tracker
-        tracker.log_step(step_index, metrics)
         done = self.experiment.steps_done >= self.num_steps
-        if done:
-            tracker.finish("FINISHED")
-        self.last_step_result = {**metrics, "step_index": step_index}
+        for tracker, metrics in zip(self.trackers, per_trial, strict=True):
+            tracker.log_step(step_index, metrics)
+            if done:
+                tracker.finish("FINISHED")
+        # Tune's own record: the metrics themselves for one seed, their mean over the seeds otherwise
+        summary = {key: sum(m[key] for m in per_trial) / len(per_trial) for key in per_trial[0]}
+        self.last_step_result = {**summary, "step_index": step_index, "seeds": len(per_trial)}
         return {**self.last_step_result, "done": done}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
@@ -87,7 +100,7 @@ class LopTrainable(tune.Trainable):
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
             },
-            "mlflow_run_id": self.tracker.run_id,
+            "mlflow_run_ids": [tracker.run_id for tracker in self.trackers],
             "last_result": self.last_step_result,
         }
         path = Path(checkpoint_dir) / CHECKPOINT_FILE
@@ -105,13 +118,14 @@ class LopTrainable(tune.Trainable):
         torch.set_rng_state(state["global_rng"]["torch"].cpu())
         np.random.set_state(state["global_rng"]["numpy"])
         random.setstate(state["global_rng"]["python"])
-        self._run_id = state["mlflow_run_id"]
-        self._tracker = None
+        self._run_ids = list(state["mlflow_run_ids"])
+        self._trackers = None
         self.last_step_result = state.get("last_result", {})
         # the checkpoint may be newer than the driver's record of it (lop_ray/trial_checkpoints.py)
         self._iteration = self.experiment.steps_done
 
     def cleanup(self) -> None:
-        if self._tracker is not None and self.experiment.steps_done < self.num_steps:
-            # stopped early (paused, errored, sweep interrupted): the run stays resumable
-            self._tracker.client.set_terminated(self._tracker.run_id, status="KILLED")
+        if self._trackers is not None and self.experiment.steps_done < self.num_steps:
+            # stopped early (paused, errored, sweep interrupted): the runs stay resumable
+            for tracker in self._trackers:
+                tracker.client.set_terminated(tracker.run_id, status="KILLED")
