@@ -2,7 +2,6 @@
 our code) against one S-seed batched learner, measured side by side in one run.
 
 Slowly-changing regression (20 → 5 → 1, relu, SGD 0.01; one step = one example of every seed).
-Continual backprop is not seed-batched yet (it is measured once it is).
 
     .venv/bin/python bench/seed_batching.py [--examples 400] [--seeds 1 8 32 100]
 """
@@ -14,6 +13,7 @@ import time
 
 import torch
 
+from lop_ray.algos import CBPConfig
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
 from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
@@ -22,6 +22,11 @@ LEARNERS = {
     "bp (sgd)": LearnerSettings(step_size=0.01),
     "snp (sgd)": LearnerSettings(algorithm="snp", step_size=0.01, weight_decay=1e-2, perturb_scale=1e-4),
     "bp (adam)": LearnerSettings(optimizer="adam", step_size=0.001),
+    "cbp (sgd)": LearnerSettings(
+        algorithm="cbp",
+        step_size=0.01,
+        cbp=CBPConfig(replacement_rate=1e-4, maturity_threshold=100, util_type="adaptable_contribution"),
+    ),
 }
 
 

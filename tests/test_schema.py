@@ -808,8 +808,18 @@ num_tasks: 2
 
 
 def test_algorithms_without_a_batched_learner_run_one_seed_per_tune_trial(tmp_path):
-    sweep = load_sweep(_write(tmp_path, VALID.replace("seeds:", "seeds_per_trial: 3\nseeds:")))
-    for group in sweep.groups:
-        algorithm = group[0]["algorithm"]
-        assert len(group) == (3 if algorithm == "bp" else 1), algorithm
-        assert all(t["seeds_per_trial"] == (3 if algorithm == "bp" else 1) for t in group)
+    text = """\
+name: digits
+problem: {name: permuted_mnist, dataset: digits}
+algorithms:
+  - algorithm: bp
+    step_size: 0.01
+seeds: [0, 1, 2]
+seeds_per_trial: 3
+num_tasks: 2
+"""
+    sweep = load_sweep(_write(tmp_path, text))
+    assert [len(group) for group in sweep.groups] == [1, 1, 1]
+    assert all(t["seeds_per_trial"] == 1 for t in sweep.trials)
+    regression = load_sweep(_write(tmp_path, VALID.replace("seeds:", "seeds_per_trial: 3\nseeds:")))
+    assert {len(group) for group in regression.groups} == {3}  # every regression algorithm is batched

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from lop_ray.algos import CBPConfig
+from lop_ray.algos.cbp import UTIL_TYPES
 from lop_ray.algos.counter_rng import normal, random_bits, seed_keys, uniform
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
@@ -17,7 +19,18 @@ from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExp
 from lop_ray.nets import MLP
 from lop_ray.nets.seed_batched_mlp import SeedBatchedMLP
 
+
+def _cbp(**options) -> LearnerSettings:
+    config = CBPConfig(replacement_rate=0.01, maturity_threshold=20, **options)
+    return LearnerSettings(algorithm="cbp", step_size=0.01, momentum=0.9, cbp=config)
+
+
 LEARNERS = {
+    **{f"cbp_{u}_accumulate": _cbp(util_type=u, accumulate=True) for u in UTIL_TYPES},
+    "cbp_probabilistic": _cbp(util_type="contribution", accumulate=False),
+    "cbp_original_width_base": _cbp(
+        bias_correction=False, reset_optimizer_state=False, replacement_base="width"
+    ),
     "bp_sgd": LearnerSettings(step_size=0.01),
     "l2_momentum": LearnerSettings(algorithm="l2", step_size=0.01, momentum=0.9, weight_decay=1e-3),
     "bp_adam": LearnerSettings(optimizer="adam", step_size=1e-3),
@@ -38,9 +51,13 @@ def test_each_seed_of_a_batch_follows_its_own_trajectory_exactly(name):
     for position, seed in enumerate(seeds):
         alone = SeedBatchedRegressionExperiment(config, [seed])
         assert [alone.run_step()[0] for _ in range(3)] == [step[position] for step in together], seed
+    if "cbp" in name:
+        assert all(step["replaced_units"] > 0 for step in together[-1])
 
 
-@pytest.mark.parametrize("name", ["bp_sgd", "l2_momentum", "bp_adam"])
+@pytest.mark.parametrize(
+    "name", ["bp_sgd", "l2_momentum", "bp_adam", "cbp_adaptable_contribution_accumulate"]
+)
 def test_a_batch_of_one_follows_the_single_seed_learner(name):
     config = _config(LEARNERS[name], per_step=100)
     batched = SeedBatchedRegressionExperiment(config, [5])
@@ -50,6 +67,7 @@ def test_a_batch_of_one_follows_the_single_seed_learner(name):
         assert got["examples"] == expected["examples"]
         assert got["squared_error"] == pytest.approx(expected["squared_error"], rel=1e-5)
         assert got["weight_magnitude"] == pytest.approx(expected["weight_magnitude"], rel=1e-5)
+        assert got.get("replaced_units") == expected.get("replaced_units")
 
 
 def test_batched_network_starts_as_each_seeds_own_network_and_matches_autograd():
@@ -68,8 +86,9 @@ def test_batched_network_starts_as_each_seeds_own_network_and_matches_autograd()
             torch.testing.assert_close(got[s], want, rtol=1e-5, atol=1e-6)
 
 
-def test_resumed_batch_continues_bit_identically():
-    config = _config(LEARNERS["snp_sgd"])
+@pytest.mark.parametrize("name", ["snp_sgd", "cbp_probabilistic", "cbp_random_accumulate"])
+def test_resumed_batch_continues_bit_identically(name):
+    config = _config(LEARNERS[name])
     straight = SeedBatchedRegressionExperiment(config, [0, 1])
     expected = [straight.run_step() for _ in range(3)]
     first = SeedBatchedRegressionExperiment(config, [0, 1])
@@ -90,10 +109,3 @@ def test_counter_based_draws_depend_on_key_counter_stream_and_element_only():
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
     z = normal(keys, 0, 0, 100_000)
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
-
-
-def test_continual_backprop_is_refused_until_it_is_batched():
-    from lop_ray.algos import CBPConfig
-
-    with pytest.raises(NotImplementedError, match="not seed-batched yet"):
-        SeedBatchedRegressionExperiment(_config(LearnerSettings(algorithm="cbp", cbp=CBPConfig())), [0])

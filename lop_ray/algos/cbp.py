@@ -123,11 +123,7 @@ class ContinualBackprop:
         cfg = self.config
         eta = cfg.decay_rate
         age = state["age"]
-        age += 1
-        bias_correction = 1.0 - torch.pow(eta, age).to(state["utility"].dtype)
-        state["utility"] *= eta
-        state["mean_activation"].mul_(eta).add_(_per_unit_mean(h), alpha=1.0 - eta)
-        mean_estimate = state["mean_activation"] / bias_correction
+        bias_correction, mean_estimate = age_and_decay(state, eta, _per_unit_mean(h))
 
         if cfg.util_type == "random":
             state["bias_corrected_utility"] = torch.rand(
@@ -235,6 +231,18 @@ class ContinualBackprop:
 
 
 _NO_UNITS = torch.zeros(0, dtype=torch.long)
+
+
+def age_and_decay(
+    state: dict[str, torch.Tensor], eta: float, mean_activation: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step of every unit's bookkeeping: one step older, utility decayed, running mean activation
+    updated; returns the bias correction 1 − η^age and the bias-corrected mean activation."""
+    state["age"] += 1
+    bias_correction = 1.0 - torch.pow(eta, state["age"]).to(state["utility"].dtype)
+    state["utility"] *= eta
+    state["mean_activation"].mul_(eta).add_(mean_activation, alpha=1.0 - eta)
+    return bias_correction, state["mean_activation"] / bias_correction
 
 
 def _per_unit_mean(h: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from lop_ray.algos import Backprop
 from lop_ray.algos.counter_rng import seed_keys
-from lop_ray.algos.seed_batched import SeedBatchedShrinkAndPerturb
+from lop_ray.algos.seed_batched import SeedBatchedContinualBackprop, SeedBatchedShrinkAndPerturb
 from lop_ray.data.regression import RegressionStream
 from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.experiments.learner import optimizer_for
@@ -24,10 +24,6 @@ class SeedBatchedRegressionExperiment:
         self, config: RegressionConfig, seeds: list[int], device: str | torch.device = "cpu"
     ) -> None:
         settings = config.learner
-        if settings.cbp is not None:
-            raise NotImplementedError(
-                "continual backprop is not seed-batched yet; run its seeds one per trial"
-            )
         self.config = config
         self.seeds = list(seeds)
         self.device = torch.device(device)
@@ -36,9 +32,15 @@ class SeedBatchedRegressionExperiment:
         init = [generator(seed, LEARNER, 0) for seed in self.seeds]  # as each single-seed experiment
         self.net = SeedBatchedMLP(sizes, config.activation, init).to(self.device)
         optimizer = optimizer_for(self.net.parameters(), settings)
+        keys = seed_keys(self.seeds, self.device)
         interventions = []
+        self.cbp = None
+        if settings.cbp is not None:
+            # each seed's replacements draw from that seed's learner generator, as they do alone
+            generators = [generator(seed, LEARNER, device=self.device) for seed in self.seeds]
+            self.cbp = SeedBatchedContinualBackprop(self.net, optimizer, settings.cbp, generators, keys)
+            interventions.append(self.cbp)
         if settings.perturb_scale > 0:
-            keys = seed_keys(self.seeds, self.device)
             interventions.append(
                 SeedBatchedShrinkAndPerturb(self.net.parameters(), settings.perturb_scale, keys)
             )
@@ -60,10 +62,14 @@ class SeedBatchedRegressionExperiment:
         count = sum(w[0].numel() for w in weights)
         magnitude = [sum(w[s].abs().sum().item() for w in weights) / count for s in range(len(self.seeds))]
         examples = float(self.streams[0].position)
-        return [
+        metrics = [
             {"squared_error": error, "examples": examples, "weight_magnitude": mag}
             for error, mag in zip(errors, magnitude, strict=True)
         ]
+        if self.cbp is not None:
+            for seed_metrics, replaced in zip(metrics, self.cbp.replaced_total.tolist(), strict=True):
+                seed_metrics["replaced_units"] = float(replaced)
+        return metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {
