@@ -78,7 +78,7 @@ def _prepare(dataset: str, src: str | None, dest: str) -> int:
     except DataFormatError as error:
         print(str(error), file=sys.stderr)
         return EXIT_BAD_INPUT
-    manifest = read_manifest(manifest_path.parent)
+    manifest = read_manifest(dest)
     for split, arrays in manifest["splits"].items():
         shape = arrays["images"]["shape"]
         print(

@@ -82,3 +82,24 @@ def logged_sweep(results_dir: Path, sweep_text: str, rows_of) -> Path:
         for index, row in enumerate(rows):
             tracker.log_step(index, row)
     return results_dir
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A real S3 endpoint (moto's server, 127.0.0.1 only) with an empty bucket; its URI prefix."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="lop-data")
+    yield "s3://lop-data"
+    server.stop()

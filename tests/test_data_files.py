@@ -4,6 +4,7 @@ when missing, truncated or tampered with."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_missing_or_mismatched_mnist_files_are_named(tmp_path):
 def test_prepared_shards_round_trip_in_several_pieces(tmp_path):
     write_mnist(tmp_path / "raw", train=50, test=10)
     manifest = prepare_dataset("mnist", tmp_path / "raw", tmp_path / "prepared", shard_bytes=784 * 16)
-    spec = json.loads(manifest.read_text())
+    spec = json.loads(Path(manifest).read_text())
     assert [s["rows"] for s in spec["splits"]["train"]["images"]["shards"]] == [16, 16, 16, 2]
     train = load_split(tmp_path / "prepared", "train")
     images, labels = read_mnist(tmp_path / "raw", "train")
@@ -108,3 +109,48 @@ def test_digits_need_no_preparing_and_match_their_prepared_shards(tmp_path):
     assert bundled.images.shape == (1797, 8, 8) and bundled.pixel_max == 16.0
     np.testing.assert_array_equal(bundled.images, prepared.images)
     np.testing.assert_array_equal(bundled.labels, prepared.labels)
+
+
+def test_shards_round_trip_through_s3_and_tampering_there_is_caught(tmp_path, s3_bucket):
+    import boto3
+
+    write_mnist(tmp_path / "raw", train=40, test=8)
+    uri = f"{s3_bucket}/prepared/mnist"
+    assert prepare_dataset("mnist", tmp_path / "raw", uri, shard_bytes=784 * 16) == f"{uri}/{MANIFEST_FILE}"
+    local = load_split(Path(prepare_dataset("mnist", tmp_path / "raw", tmp_path / "local")).parent)
+    remote = load_split(uri)
+    np.testing.assert_array_equal(remote.images, local.images)
+    np.testing.assert_array_equal(
+        load_dataset("mnist", uri, "test").labels, read_mnist(tmp_path / "raw", "test")[1]
+    )
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket="lop-data", Key="prepared/mnist/train-images-00001.npy", Body=b"tampered")
+    with pytest.raises(
+        DataFormatError, match=r"s3://lop-data/prepared/mnist/train-images-00001.npy: 8 bytes"
+    ):
+        load_split(uri)
+    s3.delete_object(Bucket="lop-data", Key="prepared/mnist/train-images-00001.npy")
+    with pytest.raises(DataFormatError, match="train-images-00001.npy: shard listed in .* is missing"):
+        load_split(uri)
+    with pytest.raises(DataFormatError, match="s3://lop-data/nothing/manifest.json: not found"):
+        load_split(f"{s3_bucket}/nothing")
+
+
+def test_cli_prepares_to_s3_and_sweeps_validate_s3_data(tmp_path, s3_bucket, capsys):
+    from lop_ray.cli import main
+    from lop_ray.schema import SweepError, load_sweep
+
+    assert main(["data", "prepare", "digits", "--dest", f"{s3_bucket}/digits"]) == 0
+    assert f"manifest: {s3_bucket}/digits/{MANIFEST_FILE}" in capsys.readouterr().out
+    sweep_text = (
+        "name: s3\nproblem: {{name: permuted_mnist, dataset: digits, data: '{data}'}}\n"
+        "algorithms: [{{algorithm: bp, step_size: 0.01}}]\nnum_tasks: 1\n"
+    )
+    (tmp_path / "ok.yaml").write_text(sweep_text.format(data=f"{s3_bucket}/digits"))
+    assert load_sweep(tmp_path / "ok.yaml").trials[0]["problem_settings"]["data"] == f"{s3_bucket}/digits"
+    (tmp_path / "bad.yaml").write_text(sweep_text.format(data=f"{s3_bucket}/absent"))
+    with pytest.raises(
+        SweepError, match=r"bad.yaml:2: problem.data: s3://lop-data/absent/manifest.json: not found"
+    ):
+        load_sweep(tmp_path / "bad.yaml")

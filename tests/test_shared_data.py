@@ -39,3 +39,14 @@ def test_outside_ray_the_dataset_is_loaded_directly(tmp_path):
     prepare_dataset("digits", None, data)
     dataset = shared_dataset("digits", data)
     assert np.array_equal(dataset.images, load_dataset("digits", None).images)
+
+
+def test_a_dataset_on_s3_is_fetched_once_per_node(tmp_path, s3_bucket, ray_tmp):
+    prepare_dataset("mnist", write_mnist(tmp_path / "raw", train=64), f"{s3_bucket}/mnist")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmp))  # workers inherit the S3 endpoint
+    try:
+        views = ray.get([_trial_view.remote(f"{s3_bucket}/mnist") for _ in range(3)])
+        assert {v[2] for v in views} == {64} and len(_holders()) == 1
+        assert release_shared_datasets() == 1
+    finally:
+        ray.shutdown()

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lop_ray.data.idx import DataFormatError, read_mnist
+from lop_ray.data.locations import Location, LocationError, MissingFile, location
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -62,23 +63,23 @@ def read_raw(dataset: str, src: str | Path | None) -> tuple[dict[str, tuple[np.n
 
 def prepare_dataset(
     dataset: str, src: str | Path | None, dest: str | Path, shard_bytes: int = DEFAULT_SHARD_BYTES
-) -> Path:
-    """Write `dataset`'s shards and manifest into the directory `dest`; returns the manifest's path."""
+) -> str:
+    """Write `dataset`'s shards, then its manifest, into `dest` (a directory or an s3:// prefix);
+    returns where the manifest is. The manifest goes last, so a prepare cut short leaves no
+    manifest, not one that lists missing shards."""
     splits, info = read_raw(dataset, src)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = location(dest)
     manifest = {"format": MANIFEST_FORMAT, "dataset": dataset, **info, "splits": {}}
     for split, (images, labels) in splits.items():
         manifest["splits"][split] = {
             "images": _write_array(dest, f"{split}-images", images, shard_bytes),
             "labels": _write_array(dest, f"{split}-labels", labels.astype(np.int64), shard_bytes),
         }
-    path = dest / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=1))
-    return path
+    dest.write(MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+    return dest.describe(MANIFEST_FILE)
 
 
-def _write_array(dest: Path, stem: str, array: np.ndarray, shard_bytes: int) -> dict:
+def _write_array(dest: Location, stem: str, array: np.ndarray, shard_bytes: int) -> dict:
     row_bytes = max(1, array[0].nbytes if len(array) else 1)
     rows_per_shard = max(1, shard_bytes // row_bytes)
     shards = []
@@ -87,7 +88,7 @@ def _write_array(dest: Path, stem: str, array: np.ndarray, shard_bytes: int) -> 
         np.save(buffer, np.ascontiguousarray(array[start : start + rows_per_shard]), allow_pickle=False)
         data = buffer.getvalue()
         name = f"{stem}-{index:05d}.npy"
-        (dest / name).write_bytes(data)
+        dest.write(name, data)
         shards.append(
             {
                 "file": name,
@@ -100,33 +101,37 @@ def _write_array(dest: Path, stem: str, array: np.ndarray, shard_bytes: int) -> 
 
 
 def read_manifest(path: str | Path) -> dict:
-    """The manifest of a prepared dataset directory, checked for the keys the loaders rely on."""
-    file = Path(path) / MANIFEST_FILE
+    """The manifest of a prepared dataset (directory or s3:// prefix), checked for the keys the
+    loaders rely on."""
+    where = location(path)
     try:
-        manifest = json.loads(file.read_text())
-    except FileNotFoundError as error:
+        manifest = json.loads(where.read(MANIFEST_FILE))
+    except MissingFile as error:
         raise DataFormatError(
-            f"{file}: not found: prepare the dataset first (`lop-ray data prepare DATASET --src RAW --dest {path}`)"
-        ) from error
+            f"{error}: not found: prepare the dataset first "
+            f"(`lop-ray data prepare DATASET --src RAW --dest {where.describe()}`)"
+        ) from None
+    except LocationError as error:
+        raise DataFormatError(str(error)) from None
     except json.JSONDecodeError as error:
-        raise DataFormatError(f"{file}: not valid JSON: {error}") from error
+        raise DataFormatError(f"{where.describe(MANIFEST_FILE)}: not valid JSON: {error}") from error
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("dataset") not in DATASETS:
         raise DataFormatError(
-            f"{file}: format {manifest.get('format')!r} dataset {manifest.get('dataset')!r}; "
-            f"expected format {MANIFEST_FORMAT} and one of {', '.join(DATASETS)}"
+            f"{where.describe(MANIFEST_FILE)}: format {manifest.get('format')!r} dataset "
+            f"{manifest.get('dataset')!r}; expected format {MANIFEST_FORMAT} and one of {', '.join(DATASETS)}"
         )
     return manifest
 
 
 def load_split(path: str | Path, split: str = "train") -> ImageDataset:
     """One split of a prepared dataset, every shard verified against its checksum."""
-    path = Path(path)
+    where = location(path)
     manifest = read_manifest(path)
     if split not in manifest["splits"]:
         raise DataFormatError(
-            f"{path / MANIFEST_FILE}: no split {split!r}; it has {', '.join(manifest['splits'])}"
+            f"{where.describe(MANIFEST_FILE)}: no split {split!r}; it has {', '.join(manifest['splits'])}"
         )
-    arrays = {name: _read_array(path, spec) for name, spec in manifest["splits"][split].items()}
+    arrays = {name: _read_array(where, spec) for name, spec in manifest["splits"][split].items()}
     return ImageDataset(
         arrays["images"], arrays["labels"], float(manifest["pixel_max"]), int(manifest["num_classes"])
     )
@@ -143,7 +148,9 @@ def load_dataset(dataset: str, data: str | Path | None, split: str = "train") ->
     loaded = load_split(data, split)
     manifest_dataset = read_manifest(data)["dataset"]
     if manifest_dataset != dataset:
-        raise DataFormatError(f"{Path(data) / MANIFEST_FILE}: holds {manifest_dataset!r}, not {dataset!r}")
+        raise DataFormatError(
+            f"{location(data).describe(MANIFEST_FILE)}: holds {manifest_dataset!r}, not {dataset!r}"
+        )
     return loaded
 
 
@@ -160,24 +167,26 @@ def _npy_view(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype, offset=stream.tell(), count=int(np.prod(shape))).reshape(shape)
 
 
-def _read_array(path: Path, spec: dict) -> np.ndarray:
+def _read_array(where: Location, spec: dict) -> np.ndarray:
     parts = []
     for shard in spec["shards"]:
-        file = path / shard["file"]
         try:
-            data = file.read_bytes()
-        except FileNotFoundError as error:
-            raise DataFormatError(f"{file}: shard listed in {path / MANIFEST_FILE} is missing") from error
+            data = where.read(shard["file"])
+        except MissingFile as error:
+            raise DataFormatError(
+                f"{error}: shard listed in {where.describe(MANIFEST_FILE)} is missing"
+            ) from None
         digest = hashlib.sha256(data).hexdigest()
         if len(data) != shard["bytes"] or digest != shard["sha256"]:
             raise DataFormatError(
-                f"{file}: {len(data)} bytes with sha256 {digest}, but the manifest says "
+                f"{where.describe(shard['file'])}: {len(data)} bytes with sha256 {digest}, but the manifest says "
                 f"{shard['bytes']} bytes with sha256 {shard['sha256']}: truncated or modified; prepare it again"
             )
         parts.append(_npy_view(data))
     array = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
         raise DataFormatError(
-            f"{path}: shards hold {array.shape} {array.dtype}, the manifest says {spec['shape']} {spec['dtype']}"
+            f"{where.describe()}: shards hold {array.shape} {array.dtype}, "
+            f"the manifest says {spec['shape']} {spec['dtype']}"
         )
     return array

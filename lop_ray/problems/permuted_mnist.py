@@ -33,17 +33,15 @@ class PermutedMNISTProblem(Strict):
                     f"`lop-ray data prepare {dataset} --src RAW_DIR --dest DIR`"
                 )
             return data
-        if "://" in data:  # remote: checked by the trial that loads it
-            return data
         # relative to where the sweep is submitted; trials (other processes) get the absolute path
-        path = Path(data).expanduser().resolve()
+        path = data if data.startswith("s3://") else str(Path(data).expanduser().resolve())
         try:
             manifest = read_manifest(path)
         except DataFormatError as error:
             raise ValueError(str(error)) from None
         if dataset is not None and manifest["dataset"] != dataset:
             raise ValueError(f"{path} holds {manifest['dataset']!r}, not {dataset!r}")
-        return str(path)
+        return path
 
 
 class PermutedMNISTNetwork(Strict):

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from lop_ray.data.locations import location
 from lop_ray.data.shards import MANIFEST_FILE, ImageDataset, load_dataset
 
 NAMESPACE = "lop_ray_data"
@@ -50,7 +50,7 @@ def shared_dataset(dataset: str, data: str | None, split: str = "train") -> Imag
 
 def _holder_name(node: str, dataset: str, data: str | None, split: str) -> str:
     # the manifest's hash, not the path: re-preparing a dataset in place must not serve the old copy
-    identity = Path(data, MANIFEST_FILE).read_bytes() if data else b"bundled"
+    identity = location(data).read(MANIFEST_FILE) if data else b"bundled"
     digest = hashlib.sha256(identity + json.dumps([dataset, split]).encode()).hexdigest()[:16]
     return f"{dataset}-{split}-{digest}-{node[:12]}"
 
