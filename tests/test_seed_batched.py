@@ -109,3 +109,17 @@ def test_counter_based_draws_depend_on_key_counter_stream_and_element_only():
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
     z = normal(keys, 0, 0, 100_000)
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
+
+
+def test_block_drawn_noise_is_a_function_of_seed_and_step_only():
+    from lop_ray.algos.counter_rng import CounterNoise
+
+    together = CounterNoise(seed_keys([4, 9]), 3, 5, "normal", block_values=64)
+    alone = CounterNoise(seed_keys([9]), 3, 5, "normal", block_values=64)
+    assert together.block_steps != alone.block_steps  # different blocks, same values
+    sequential = [together.at(step)[1] for step in range(20)]
+    jumping = [alone.at(step)[0] for step in (13, 2, 19, 0, 7)]  # as a resume would
+    for step, values in zip((13, 2, 19, 0, 7), jumping, strict=True):
+        assert torch.equal(values, sequential[step])
+    assert not torch.equal(sequential[0], sequential[1])
+    assert torch.equal(sequential[5], normal(seed_keys([9]), 5, 3, 5)[0])  # block = the per-step draw

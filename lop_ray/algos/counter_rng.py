@@ -39,21 +39,63 @@ def seed_keys(seeds: list[int], device: torch.device | str = "cpu") -> torch.Ten
     return torch.tensor([derived_seed(seed, LEARNER, 7) & _MASK32 for seed in seeds], device=device)
 
 
-def random_bits(keys: torch.Tensor, counter: int, stream: int, count: int) -> torch.Tensor:
-    """(S, count) independent 32-bit values, a function of (key, counter, stream, element) only."""
-    salt = hash32(torch.tensor((counter * 0x9E3779B1 + stream * 0x85EBCA77) & _MASK32, device=keys.device))
-    base = hash32(keys ^ salt)
+def random_bits(keys: torch.Tensor, counter: int | torch.Tensor, stream: int, count: int) -> torch.Tensor:
+    """(S, count) independent 32-bit values, a function of (key, counter, stream, element) only;
+    with a 1-D tensor of K counters, (S, K, count): the same values as K calls."""
+    counters = torch.as_tensor(counter, device=keys.device)
+    salt = hash32((counters * 0x9E3779B1 + stream * 0x85EBCA77) & _MASK32)
+    base = hash32(keys.reshape(-1, *([1] * counters.dim())) ^ salt).unsqueeze(-1)
     element = torch.arange(count, device=keys.device)
-    return hash32(hash32((base[:, None] + element) & _MASK32) ^ base[:, None])
+    return hash32(hash32((base + element) & _MASK32) ^ base)
 
 
-def uniform(keys: torch.Tensor, counter: int, stream: int, count: int, dtype=torch.float32) -> torch.Tensor:
-    """(S, count) uniforms in (0, 1)."""
+def uniform(keys: torch.Tensor, counter, stream: int, count: int, dtype=torch.float32) -> torch.Tensor:
+    """(S, count) uniforms in (0, 1); (S, K, count) for K counters."""
     return (random_bits(keys, counter, stream, count).to(torch.float64) + 0.5).div_(2.0**32).to(dtype)
 
 
-def normal(keys: torch.Tensor, counter: int, stream: int, count: int, dtype=torch.float32) -> torch.Tensor:
-    """(S, count) standard normals (Box–Muller over two independent uniform streams)."""
+def normal(keys: torch.Tensor, counter, stream: int, count: int, dtype=torch.float32) -> torch.Tensor:
+    """(S, count) standard normals (Box–Muller over two independent uniform streams); (S, K, count)
+    for K counters."""
     u1 = uniform(keys, counter, 2 * stream, count, torch.float64)
     u2 = uniform(keys, counter, 2 * stream + 1, count, torch.float64)
     return ((-2.0 * u1.log()).sqrt() * torch.cos(2.0 * math.pi * u2)).to(dtype)
+
+
+class CounterNoise:
+    """Per-step draws for every seed, generated a block of steps at a time.
+
+    `at(step)` is (S, count) values that depend only on (key, step, stream), exactly those of
+    `normal`/`uniform` with counter = step: a block of `block_steps` consecutive steps is drawn in
+    one call and sliced step by step, so a step costs a slice instead of the hash's few dozen tensor
+    operations. Resuming at any step regenerates that step's block, so nothing needs saving.
+    """
+
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        stream: int,
+        count: int,
+        kind: str = "normal",
+        dtype: torch.dtype = torch.float32,
+        block_values: int = 2**20,
+    ) -> None:
+        if kind not in ("normal", "uniform"):
+            raise ValueError(f"kind is 'normal' or 'uniform', got {kind!r}")
+        self.keys = keys
+        self.stream = stream
+        self.count = count
+        self.draw = normal if kind == "normal" else uniform
+        self.dtype = dtype
+        self.block_steps = max(1, min(1024, block_values // max(1, count * len(keys))))
+        self._block_index = -1
+        self._block: torch.Tensor | None = None
+
+    def at(self, step: int) -> torch.Tensor:
+        block_index, offset = divmod(step, self.block_steps)
+        if block_index != self._block_index:
+            first = block_index * self.block_steps
+            steps = torch.arange(first, first + self.block_steps, device=self.keys.device)
+            self._block = self.draw(self.keys, steps, self.stream, self.count, self.dtype)
+            self._block_index = block_index
+        return self._block[:, offset]

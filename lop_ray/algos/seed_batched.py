@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lop_ray.algos.cbp import age_and_decay
-from lop_ray.algos.counter_rng import normal, uniform
+from lop_ray.algos.counter_rng import CounterNoise
 
 
 class SeedBatchedShrinkAndPerturb:
@@ -21,14 +21,16 @@ class SeedBatchedShrinkAndPerturb:
     ) -> None:
         self.parameters = list(parameters)
         self.perturb_scale = perturb_scale
-        self.keys = keys
+        self.sizes = [param[0].numel() for param in self.parameters]
+        # stream 1000: apart from continual backprop's per-layer streams (0, 1, 2, …) on the same keys
+        self.noise = CounterNoise(keys, 1000, sum(self.sizes), "normal", self.parameters[0].dtype)
         self.steps = 0
 
     def after_step(self, activations: Sequence[torch.Tensor]) -> None:
         with torch.no_grad():
-            for index, param in enumerate(self.parameters):
-                noise = normal(self.keys, self.steps, index, param[0].numel(), param.dtype)
-                param.add_(noise.view_as(param), alpha=self.perturb_scale)
+            pieces = self.noise.at(self.steps).split(self.sizes, dim=1)
+            for param, noise in zip(self.parameters, pieces, strict=True):
+                param.add_(noise.reshape(param.shape), alpha=self.perturb_scale)
         self.steps += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -69,6 +71,14 @@ class SeedBatchedContinualBackprop:
         self.steps = 0
         self.replaced_total = torch.zeros(len(self.generators), dtype=torch.long)
         self.state: list[dict[str, torch.Tensor]] = []
+        # per-step draws, per layer: the probabilistic rule's uniform, the `random` utility
+        self.replacement_draws = [
+            CounterNoise(keys, 2 * i + 1, 1, "uniform", torch.float64) for i in range(len(net.layers) - 1)
+        ]
+        self.random_utilities = [
+            CounterNoise(keys, 2 * i, layer.bias.shape[1], "uniform", layer.bias.dtype)
+            for i, layer in enumerate(net.layers[:-1])
+        ]
         for layer in net.layers[:-1]:
             like = layer.bias
             self.state.append(
@@ -102,10 +112,7 @@ class SeedBatchedContinualBackprop:
         age = state["age"]
         bias_correction, mean_estimate = age_and_decay(state, eta, h.mean(dim=1))
         if cfg.util_type == "random":
-            width = age.shape[1]
-            state["bias_corrected_utility"] = uniform(
-                self.keys, self.steps, 2 * index, width, mean_estimate.dtype
-            )
+            state["bias_corrected_utility"] = self.random_utilities[index].at(self.steps).clone()
         else:
             state["utility"] += (1.0 - eta) * self._instantaneous_utility(index, h, mean_estimate)
             state["bias_corrected_utility"] = state["utility"] / bias_correction
@@ -118,7 +125,7 @@ class SeedBatchedContinualBackprop:
             counts = state["accumulated"].floor()
             state["accumulated"] -= counts
         else:
-            draw = uniform(self.keys, self.steps, 2 * index + 1, 1, torch.float64)[:, 0]
+            draw = self.replacement_draws[index].at(self.steps)[:, 0]
             counts = torch.where(expected < 1.0, (draw < expected).to(torch.float64), expected.floor())
         return torch.minimum(counts.to(torch.long), eligible), mean_estimate
 
