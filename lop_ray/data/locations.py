@@ -6,6 +6,7 @@ S3 goes through boto3, which takes credentials and the endpoint from the usual p
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,17 +19,20 @@ class MissingFile(LocationError):
     """A file that is not at the location; `str(error)` is its full path or URI."""
 
 
-class Location:
-    """A directory: `write(name, bytes)`, `read(name) -> bytes`, `describe(name) -> path or URI`."""
+class Location(abc.ABC):
+    """A directory of named files, local or remote."""
 
+    @abc.abstractmethod
     def write(self, name: str, data: bytes) -> None:
-        raise NotImplementedError
+        """Store `data` as `name`, replacing any earlier file of that name."""
 
+    @abc.abstractmethod
     def read(self, name: str) -> bytes:
-        raise NotImplementedError
+        """The bytes of `name`; `MissingFile` if there is none, `LocationError` if unreadable."""
 
+    @abc.abstractmethod
     def describe(self, name: str = "") -> str:
-        raise NotImplementedError
+        """The full path or URI of `name` (of the location itself without one), for messages."""
 
 
 class LocalDirectory(Location):

@@ -123,10 +123,15 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def load_split(path: str | Path, split: str = "train") -> ImageDataset:
-    """One split of a prepared dataset, every shard verified against its checksum."""
+def load_split(path: str | Path, split: str = "train", dataset: str | None = None) -> ImageDataset:
+    """One split of a prepared dataset, every shard verified against its checksum; with `dataset`,
+    the manifest must name it (checked before any shard is read)."""
     where = location(path)
     manifest = read_manifest(path)
+    if dataset is not None and manifest["dataset"] != dataset:
+        raise DataFormatError(
+            f"{where.describe(MANIFEST_FILE)}: holds {manifest['dataset']!r}, not {dataset!r}"
+        )
     if split not in manifest["splits"]:
         raise DataFormatError(
             f"{where.describe(MANIFEST_FILE)}: no split {split!r}; it has {', '.join(manifest['splits'])}"
@@ -145,13 +150,7 @@ def load_dataset(dataset: str, data: str | Path | None, split: str = "train") ->
         splits, info = read_raw("digits", None)
         images, labels = splits[split]
         return ImageDataset(images, labels.astype(np.int64), info["pixel_max"], info["num_classes"])
-    loaded = load_split(data, split)
-    manifest_dataset = read_manifest(data)["dataset"]
-    if manifest_dataset != dataset:
-        raise DataFormatError(
-            f"{location(data).describe(MANIFEST_FILE)}: holds {manifest_dataset!r}, not {dataset!r}"
-        )
-    return loaded
+    return load_split(data, split, dataset)
 
 
 def _npy_view(data: bytes) -> np.ndarray:
