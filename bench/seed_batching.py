@@ -1,27 +1,42 @@
 """Seed-steps per second: S single-seed learners stepped one after another (the original's way, in
 our code) against one S-seed batched learner, measured side by side in one run.
 
-Slowly-changing regression (20 → 5 → 1, relu, SGD 0.01; one step = one example of every seed).
-Each measurement is one trainable step of `--examples` examples per seed, stream generation
-included, as a sweep runs it. The one-after-another rate does not depend on S (each seed runs
-alone), so it is measured on min(S, 10) of the S seeds.
+Slowly-changing regression (20 → 5 → 1, relu, SGD 0.01; one step = one example of every seed): each
+measurement is one trainable step of `--examples` examples per seed (default 10,000 = one flip
+period, so the stream's per-period generation is counted at its true rate), stream included, as a
+sweep runs it.
 
-    .venv/bin/python bench/seed_batching.py [--examples 2000] [--seeds 1 8 32 100]
+Online permuted MNIST (784 → 2000 → 2000 → 2000 → 10, relu, SGD 0.003, one example per step): one
+task of `--mnist-examples` examples per seed, on random images of MNIST's shape (speed does not
+depend on pixel values), probe of `--probe-examples` examples included.
+
+The one-after-another rate does not depend on S (each seed runs alone), so it is measured on
+min(S, `--alone`) of the S seeds. Imports nothing from Ray, MLflow or pydantic, so it runs on a bare
+GPU machine:
+
+    .venv/bin/python bench/seed_batching.py [--problem regression mnist] [--seeds 1 8 32 100]
+    python3 bench/seed_batching.py --problem mnist --device cuda --seeds 1 8 30
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from lop_ray.algos import CBPConfig
+from lop_ray.data.shards import ImageDataset
 from lop_ray.experiments.learner import LearnerSettings
+from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNISTExperiment
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
+from lop_ray.experiments.seed_batched_permuted_mnist import SeedBatchedPermutedMNISTExperiment
 from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 
-LEARNERS = {
+REGRESSION_LEARNERS = {
     "bp (sgd)": LearnerSettings(step_size=0.01),
     "snp (sgd)": LearnerSettings(algorithm="snp", step_size=0.01, weight_decay=1e-2, perturb_scale=1e-4),
     "bp (adam)": LearnerSettings(optimizer="adam", step_size=0.001),
@@ -31,45 +46,90 @@ LEARNERS = {
         cbp=CBPConfig(replacement_rate=1e-4, maturity_threshold=100, util_type="adaptable_contribution"),
     ),
 }
+MNIST_LEARNERS = {
+    "bp (sgd)": LearnerSettings(step_size=0.003),
+    "cbp (sgd)": LearnerSettings(
+        algorithm="cbp",
+        step_size=0.003,
+        cbp=CBPConfig(replacement_rate=1e-4, maturity_threshold=100, util_type="contribution"),
+    ),
+}
 
 
-def one_after_another(settings: LearnerSettings, seeds: int, examples: int) -> float:
-    """Seed-steps/s of `seeds` single-seed experiments, each run for `examples` steps in turn."""
-    measured = min(seeds, 10)
-    experiments = [
-        RegressionExperiment(RegressionConfig(seed=s, examples_per_step=examples, learner=settings))
-        for s in range(measured)
+def _rate(run: Callable[[], object], seed_steps: int, device: torch.device) -> float:
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seed_steps / (time.perf_counter() - start)
+
+
+def regression_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[float, float]:
+    n = args.examples
+    alone = [
+        RegressionExperiment(RegressionConfig(seed=s, examples_per_step=n, learner=settings), device)
+        for s in range(min(seeds, args.alone))
     ]
-    start = time.perf_counter()
-    for experiment in experiments:
-        experiment.run_step()
-    return measured * examples / (time.perf_counter() - start)
+    one_by_one = _rate(lambda: [e.run_step() for e in alone], len(alone) * n, device)
+    config = RegressionConfig(examples_per_step=n, learner=settings)
+    batch = SeedBatchedRegressionExperiment(config, list(range(seeds)), device)
+    return one_by_one, _rate(batch.run_step, seeds * n, device)
 
 
-def batched(settings: LearnerSettings, seeds: int, examples: int) -> float:
-    config = RegressionConfig(examples_per_step=examples, learner=settings)
-    experiment = SeedBatchedRegressionExperiment(config, list(range(seeds)))
-    start = time.perf_counter()
-    experiment.run_step()
-    return seeds * examples / (time.perf_counter() - start)
+def mnist_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[float, float]:
+    n, dataset = args.mnist_examples, args.dataset
+
+    def config(seed: int) -> PermutedMNISTConfig:
+        return PermutedMNISTConfig(
+            seed=seed, examples_per_task=n, probe_examples=args.probe_examples, learner=settings
+        )
+
+    alone = [PermutedMNISTExperiment(config(s), dataset, device) for s in range(min(seeds, args.alone))]
+    one_by_one = _rate(lambda: [e.run_step() for e in alone], len(alone) * n, device)
+    batch = SeedBatchedPermutedMNISTExperiment(config(0), list(range(seeds)), dataset, device)
+    return one_by_one, _rate(batch.run_step, seeds * n, device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=2000, help="steps per seed per measurement")
+    parser.add_argument("--problem", nargs="+", choices=["regression", "mnist"], default=["regression"])
+    parser.add_argument("--examples", type=int, default=10_000, help="regression steps per seed")
+    parser.add_argument("--mnist-examples", type=int, default=300, help="permuted MNIST steps per seed")
+    parser.add_argument("--probe-examples", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 32, 100])
+    parser.add_argument("--alone", type=int, default=5, help="seeds measured one after another")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"slowly-changing regression, {args.examples} steps per seed, torch threads: 1")
-    print(f"{'learner':12}{'S':>5}{'one after another':>20}{'batched':>14}{'batched / one-by-one':>22}")
-    for name, settings in LEARNERS.items():
-        batched(settings, 2, 20)  # warm-up: first-call costs out of the timings
-        for seeds in args.seeds:
-            single = one_after_another(settings, seeds, args.examples)
-            together = batched(settings, seeds, args.examples)
-            print(
-                f"{name:12}{seeds:>5}{single:>14,.0f} st/s{together:>10,.0f} st/s{together / single:>21.1f}×"
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(60_000, 28, 28), dtype=np.uint8)
+    args.dataset = ImageDataset(images, rng.integers(0, 10, size=60_000), 255.0, 10)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {device} ({name}), torch {torch.__version__}, CPU threads {args.threads}")
+    for problem in args.problem:
+        learners, rates, steps = (
+            (REGRESSION_LEARNERS, regression_rates, args.examples)
+            if problem == "regression"
+            else (MNIST_LEARNERS, mnist_rates, args.mnist_examples)
+        )
+        print(f"\n{problem}: {steps} steps per seed per measurement")
+        print(f"{'learner':12}{'S':>5}{'one after another':>20}{'batched':>16}{'batched / one-by-one':>22}")
+        for learner, settings in learners.items():
+            rates(
+                settings, 2, argparse.Namespace(**{**vars(args), "examples": 20, "mnist_examples": 5}), device
             )
+            for seeds in args.seeds:
+                single, together = rates(settings, seeds, args, device)
+                print(
+                    f"{learner:12}{seeds:>5}{single:>14,.0f} st/s{together:>12,.0f} st/s"
+                    f"{together / single:>21.1f}×",
+                    flush=True,
+                )
+    leaked = sorted(m for m in ("ray", "mlflow", "pydantic") if m in sys.modules)
+    if leaked:
+        raise SystemExit(f"bench imported {leaked}: it must run where they are not installed")
 
 
 if __name__ == "__main__":

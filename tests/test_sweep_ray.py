@@ -118,6 +118,7 @@ problem:
 network:
   hidden_units: 12
 seeds: [0, 1]
+seeds_per_trial: 2
 num_tasks: 2
 algorithms:
   - algorithm: bp
@@ -132,11 +133,11 @@ storage: {storage}
 """
 
 
-def test_permuted_digits_sweep_from_prepared_shards_matches_a_plain_loop(tmp_path, local_ray):
+def test_seed_batched_permuted_digits_sweep_from_prepared_shards_matches_a_plain_loop(tmp_path, local_ray):
     from lop_ray.cli import main
     from lop_ray.data.shards import load_dataset
-    from lop_ray.experiments.permuted_mnist import PermutedMNISTExperiment
     from lop_ray.experiments.permuted_mnist import config_from_trial as permuted_config
+    from lop_ray.experiments.seed_batched_permuted_mnist import SeedBatchedPermutedMNISTExperiment
 
     assert main(["data", "prepare", "digits", "--dest", str(tmp_path / "digits")]) == 0
     path = write_sweep(
@@ -147,14 +148,15 @@ def test_permuted_digits_sweep_from_prepared_shards_matches_a_plain_loop(tmp_pat
     outcome = run_sweep(sweep, quiet=True)
 
     assert outcome.errors == 0
+    assert len(list(outcome.results_dir.glob("*/params.json"))) == 2  # both seeds in one Tune trial
     client, parents, children = mlflow_runs(outcome.tracking_uri, sweep.name)
-    assert len(children) == 4
+    assert len(children) == 4  # one MLflow run per seed
     dataset = load_dataset("digits", tmp_path / "digits")
     by_name = {r.info.run_name: r for r in children}
     torch.set_num_threads(1)
-    for trial in sweep.trials:
-        experiment = PermutedMNISTExperiment(permuted_config(trial), dataset)
-        expected = [experiment.run_step() for _ in range(2)]
+    for trial in sweep.trials:  # a seed alone gets what it gets in its batch
+        experiment = SeedBatchedPermutedMNISTExperiment(permuted_config(trial), [trial["seed"]], dataset)
+        expected = [experiment.run_step()[0] for _ in range(2)]
         run = by_name[trial_run_name(trial)]
         for key in ("accuracy", "dead_units_percent", "effective_rank", "weight_magnitude"):
             history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)

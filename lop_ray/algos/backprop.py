@@ -55,15 +55,16 @@ class Backprop:
             output, activations = self.net(x)
             loss = self.loss_fn(output, y)
             grads = torch.autograd.grad(loss, self._params, allow_unused=True)
-        else:
+            loss, output = loss.detach(), output.detach()
+            activations = [h.detach() for h in activations]
+        else:  # computed under no_grad: nothing to detach (each detach is a dispatch per step)
             loss, output, activations, grads = computed
         self._apply(grads)
         if self.interventions:
-            detached = [h.detach() for h in activations]
             with torch.no_grad():
                 for intervention in self.interventions:
-                    intervention.after_step(detached)
-        return loss.detach(), output.detach()
+                    intervention.after_step(activations)
+        return loss, output
 
     def _apply(self, grads: Sequence[torch.Tensor | None]) -> None:
         apply_gradients = getattr(self.optimizer, "apply_gradients", None)

@@ -133,8 +133,8 @@ class SeedBatchedContinualBackprop:
         self, index: int, h: torch.Tensor, mean_estimate: torch.Tensor
     ) -> torch.Tensor:
         util_type = self.config.util_type
-        incoming = self.net.layers[index].weight.abs().mean(dim=2)  # (S, width)
-        outgoing = self.net.layers[index + 1].weight.abs().mean(dim=1)  # (S, width)
+        incoming = self._mean_magnitude(index, dim=2)  # (S, width)
+        outgoing = self._mean_magnitude(index + 1, dim=1)  # (S, width)
         if util_type == "adaptation":
             return 1.0 / incoming
         if util_type == "weight":
@@ -147,6 +147,17 @@ class SeedBatchedContinualBackprop:
         if util_type == "adaptable_contribution":
             return outgoing * deviation / incoming
         return deviation / incoming  # feature_by_input
+
+    def _mean_magnitude(self, layer: int, dim: int) -> torch.Tensor:
+        """Mean |w| of layer `layer`'s weights along `dim`. |W| goes into a reused buffer: on large
+        layers a fresh S × 2000 × 2000 temporary every step (fresh pages, beyond the CPU allocator's
+        cache) costs more than the reduction, and a fused `vector_norm` reduces strided dims slowly."""
+        weight = self.net.layers[layer].weight
+        buffers = self.__dict__.setdefault("_magnitude_buffers", {})
+        buffer = buffers.get(layer)
+        if buffer is None or buffer.shape != weight.shape or buffer.device != weight.device:
+            buffer = buffers[layer] = torch.empty_like(weight)
+        return torch.abs(weight, out=buffer).mean(dim=dim)
 
     def _lowest_utility_units(self, state: dict[str, torch.Tensor], s: int, count: int) -> torch.Tensor:
         eligible = torch.nonzero(state["age"][s] > self.config.maturity_threshold).reshape(-1)
@@ -202,3 +213,4 @@ class SeedBatchedContinualBackprop:
                 mine[key] = value.to(mine[key].device).clone()
         for generator, saved in zip(self.generators, state["generators"], strict=True):
             generator.set_state(saved.cpu())
+

@@ -13,6 +13,7 @@ gathered, permuted and scaled to [0, 1] on the learner's device when it is used.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Iterator
@@ -44,6 +45,24 @@ class PermutedTaskStream:
         self.num_inputs = self.images.shape[1]
         self.num_classes = dataset.num_classes
         self.examples_per_task = examples_per_task or self.num_examples
+
+    @classmethod
+    def for_seeds(
+        cls,
+        dataset: ImageDataset,
+        seeds: list[int],
+        examples_per_task: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> list[PermutedTaskStream]:
+        """One stream per seed, all reading one copy of the images on `device` (a seed-batched
+        trial on a GPU would otherwise hold S copies of the dataset there)."""
+        first = cls(dataset, seeds[0], examples_per_task, device)
+        streams = [first]
+        for seed in seeds[1:]:
+            stream = copy.copy(first)  # the seed is a stream's only state of its own
+            stream.seed = seed
+            streams.append(stream)
+        return streams
 
     def _task_draws(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = generator(self.seed, STREAM, task)

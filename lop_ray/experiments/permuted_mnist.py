@@ -92,20 +92,7 @@ class PermutedMNISTExperiment:
         with torch.no_grad():
             _, activations = self.net(x)
         self.net.train()
-        metrics: dict[str, float] = {}
-        total_dead = 0
-        for index, h in enumerate(activations, start=1):
-            dead = dead_units(h)
-            total_dead += dead
-            metrics[f"dead_units_hidden{index}"] = float(dead)
-            for name, value in rank_summaries(h).items():
-                metrics[f"{name}_hidden{index}"] = value
-        hidden = sum(h.shape[1] for h in activations)
-        metrics["dead_units_percent"] = 100.0 * total_dead / hidden
-        for name in RANK_METRICS:  # the paper's figures show the mean over layers
-            values = [metrics[f"{name}_hidden{i}"] for i in range(1, len(activations) + 1)]
-            metrics[name] = sum(values) / len(values)
-        return metrics
+        return probe_metrics(activations)
 
     def _weights(self):
         return [layer.weight for layer in self.net.layers]
@@ -121,6 +108,24 @@ class PermutedMNISTExperiment:
         self.steps_done = int(state["steps_done"])
         self.learner.load_state_dict(state["learner"])
         self.generator.set_state(state["generator"].cpu())
+
+
+def probe_metrics(activations: list[torch.Tensor]) -> dict[str, float]:
+    """Dead units and ranks of each hidden layer's (examples, units) activations, and their summaries."""
+    metrics: dict[str, float] = {}
+    total_dead = 0
+    for index, h in enumerate(activations, start=1):
+        dead = dead_units(h)
+        total_dead += dead
+        metrics[f"dead_units_hidden{index}"] = float(dead)
+        for name, value in rank_summaries(h).items():
+            metrics[f"{name}_hidden{index}"] = value
+    hidden = sum(h.shape[1] for h in activations)
+    metrics["dead_units_percent"] = 100.0 * total_dead / hidden
+    for name in RANK_METRICS:  # the paper's figures show the mean over layers
+        values = [metrics[f"{name}_hidden{i}"] for i in range(1, len(activations) + 1)]
+        metrics[name] = sum(values) / len(values)
+    return metrics
 
 
 def config_from_trial(trial: dict[str, Any]) -> PermutedMNISTConfig:

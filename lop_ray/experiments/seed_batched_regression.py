@@ -9,14 +9,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from lop_ray.algos import Backprop
-from lop_ray.algos.counter_rng import seed_keys
-from lop_ray.algos.seed_batched import SeedBatchedContinualBackprop, SeedBatchedShrinkAndPerturb
 from lop_ray.data.regression import RegressionStream
-from lop_ray.data.seeding import LEARNER, generator
-from lop_ray.experiments.learner import optimizer_for
 from lop_ray.experiments.regression import RegressionConfig
-from lop_ray.nets.seed_batched_mlp import SeedBatchedMLP
+from lop_ray.experiments.seed_batched_learner import build_seed_batched_learner, initial_network
 
 
 class SeedBatchedRegressionExperiment:
@@ -29,32 +24,22 @@ class SeedBatchedRegressionExperiment:
         self.device = torch.device(device)
         self.streams = [RegressionStream(config.problem, seed) for seed in self.seeds]
         sizes = [config.problem.num_inputs, *([config.hidden_units] if config.hidden_units else []), 1]
-        init = [generator(seed, LEARNER, 0) for seed in self.seeds]  # as each single-seed experiment
-        self.net = SeedBatchedMLP(sizes, config.activation, init).to(self.device)
-        optimizer = optimizer_for(self.net.parameters(), settings)
-        keys = seed_keys(self.seeds, self.device)
-        interventions = []
-        self.cbp = None
-        if settings.cbp is not None:
-            # each seed's replacements draw from that seed's learner generator, as they do alone
-            generators = [generator(seed, LEARNER, device=self.device) for seed in self.seeds]
-            self.cbp = SeedBatchedContinualBackprop(self.net, optimizer, settings.cbp, generators, keys)
-            interventions.append(self.cbp)
-        if settings.perturb_scale > 0:
-            interventions.append(
-                SeedBatchedShrinkAndPerturb(self.net.parameters(), settings.perturb_scale, keys)
-            )
-        self.learner = Backprop(self.net, optimizer, F.mse_loss, interventions)
+        self.net = initial_network(sizes, config.activation, self.seeds).to(self.device)
+        self.learner, self.cbp = build_seed_batched_learner(
+            self.net, settings, self.seeds, self.device, F.mse_loss
+        )
         self.steps_done = 0
 
     def run_step(self) -> list[dict[str, float]]:
         """Every seed learns online on its next `examples_per_step` examples; metrics per seed."""
         n = self.config.examples_per_step
         taken = [stream.take(n) for stream in self.streams]
-        x = torch.stack([t[0] for t in taken]).to(self.device)
-        y = torch.stack([t[1] for t in taken]).to(self.device)
+        # example-major, (n, S, 1, features): each example of every seed is one contiguous block, so
+        # the per-step kernels read dense memory instead of S rows strided by n
+        x = torch.stack([t[0] for t in taken], dim=1).unsqueeze(2).to(self.device)
+        y = torch.stack([t[1] for t in taken], dim=1).unsqueeze(2).to(self.device)
         learn = self.learner.learn
-        losses = [learn(xi, yi)[0] for xi, yi in zip(x.split(1, dim=1), y.split(1, dim=1), strict=True)]
+        losses = [learn(xi, yi)[0] for xi, yi in zip(x, y, strict=True)]
         self.steps_done += 1
         # per seed, each reduction over one contiguous row: the same sums whatever S is
         errors = [row.mean().item() for row in torch.stack(losses, dim=1)]

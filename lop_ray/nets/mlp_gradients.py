@@ -19,7 +19,7 @@ _SELU_SCALE = 1.0507009873554805
 
 # d activation / d pre-activation, from the pre-activation z and the activation a
 DERIVATIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "relu": lambda z, a: (a > 0).to(a.dtype),
+    "relu": lambda z, a: a > 0,  # multiplied in as a mask: no float copy of it is made
     "tanh": lambda z, a: 1.0 - a * a,
     "sigmoid": lambda z, a: a * (1.0 - a),
     "elu": lambda z, a: torch.where(z > 0, 1.0, a + 1.0),

@@ -61,11 +61,26 @@ class SeedBatchedMLP(nn.Module):
             activations.append(x)
         return _linear(x, self.weights[-1], self.biases[-1]), activations
 
+    def _gradient_buffer(self, layer: int) -> torch.Tensor | None:
+        """A reused output tensor for a large layer's weight gradient. At S × 2000 × 2000 a fresh
+        tensor per step is a fresh mapping of fresh pages (beyond the allocator's cache on the CPU),
+        which costs more than the product; the optimizer consumes gradients within the step."""
+        weight = self.weights[layer]
+        if weight[0].numel() <= _SMALL:
+            return None
+        buffers = self.__dict__.setdefault("_gradient_buffers", {})
+        buffer = buffers.get(layer)
+        if buffer is None or buffer.shape != weight.shape or buffer.device != weight.device:
+            buffer = buffers[layer] = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        return buffer
+
     @torch.no_grad()
     def loss_and_gradients(
         self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Per-seed losses (S,), outputs, hidden activations and gradients in `parameters()` order."""
+        if x.shape[1] == 1 and all(w.shape[1] * w.shape[2] <= _SMALL for w in self.weights):
+            return self._one_example_gradients(x, target, loss_fn)
         derivative = DERIVATIVES[self.activation_name]
         inputs, pre_activations = [x], []
         h = x
@@ -77,14 +92,57 @@ class SeedBatchedMLP(nn.Module):
         output = _linear(h, self.weights[-1], self.biases[-1])
         loss, delta = _per_seed_loss_gradient(output, target, loss_fn)
         grads: list[torch.Tensor] = []
+        one_example = x.shape[1] == 1  # a sum over one example is that example: a view, not a kernel
         for layer in range(len(self.weights) - 1, -1, -1):
-            grads.append(delta.sum(dim=1))
-            grads.append(_outer(delta, inputs[layer]))
+            grads.append(delta.squeeze(1) if one_example else delta.sum(dim=1))
+            grads.append(_outer(delta, inputs[layer], self._gradient_buffer(layer)))
             if layer:
                 back = _backward(delta, self.weights[layer])
                 delta = back * derivative(pre_activations[layer - 1], inputs[layer])
         grads.reverse()
         return loss, output, inputs[1:], grads
+
+    def _one_example_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """`loss_and_gradients` for one example per seed through small layers (regression).
+
+        The same products and sums as the general path, in the same order, so the same values; what
+        differs is the bookkeeping around them. At this size every PyTorch call costs its dispatch
+        (~3–10 µs here) and almost no arithmetic, so the step's cost is its number of calls: per-seed
+        vectors stay (S, width), each (S, 1, width) form is made once as a view, the ReLU gate is
+        PyTorch's own one-kernel ReLU backward, and a gradient summed over one example is not summed.
+        """
+        derivative = DERIVATIVES[self.activation_name]
+        relu = self.activation_name == "relu"
+        inputs = [x]  # (S, 1, features): what each layer's weights multiply, broadcast over outputs
+        pre_activations = []
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+            z = (weight * inputs[-1]).sum(dim=2) + bias
+            pre_activations.append(z)
+            inputs.append(self._activation_fn(z).unsqueeze(1))
+        output = (self.weights[-1] * inputs[-1]).sum(dim=2) + self.biases[-1]  # (S, outputs)
+        if loss_fn is F.mse_loss and output.shape[1] == 1:
+            diff = output - target.view(output.shape)
+            loss = (diff * diff).view(-1)
+            delta = diff + diff  # 2·diff, exactly, without a scalar operand's conversion
+        else:
+            loss, delta = _per_seed_loss_gradient(output.unsqueeze(1), target, loss_fn)
+            delta = delta.squeeze(1)
+        grads: list[torch.Tensor] = []
+        for layer in range(len(self.weights) - 1, -1, -1):
+            column = delta.unsqueeze(2)  # (S, out, 1)
+            grads.append(delta)
+            grads.append(column * inputs[layer])
+            if layer:
+                back = (column * self.weights[layer]).sum(dim=1)
+                h = inputs[layer].squeeze(1)
+                if relu:
+                    delta = torch.ops.aten.threshold_backward(back, h, 0.0)
+                else:
+                    delta = back * derivative(pre_activations[layer - 1], h)
+        grads.reverse()
+        return loss, output.unsqueeze(1), inputs[1:], grads
 
 
 # Small layers at one example per seed (regression: 20 → 5 → 1) are cheaper as broadcast products
@@ -93,7 +151,7 @@ _SMALL = 4096
 
 
 def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.shape[1] == 1 and weight[0].numel() <= _SMALL
+    return x.shape[1] == 1 and weight.shape[1] * weight.shape[2] <= _SMALL
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -103,11 +161,13 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-def _outer(delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """Weight gradient Σ_b δ_b x_bᵀ per seed: (S, out, in)."""
-    if _small(inputs, delta.transpose(1, 2)):
+def _outer(delta: torch.Tensor, inputs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight gradient Σ_b δ_b x_bᵀ per seed: (S, out, in), written into `out` when given."""
+    if out is None and _small(inputs, delta.transpose(1, 2)):
         return delta.transpose(1, 2) * inputs
-    return torch.bmm(delta.transpose(1, 2), inputs)
+    if inputs.shape[1] == 1:  # one example: an outer product, which bmm would also compute this way
+        return torch.mul(delta.transpose(1, 2), inputs, out=out)
+    return torch.bmm(delta.transpose(1, 2), inputs, out=out)
 
 
 def _backward(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -124,7 +184,9 @@ def _per_seed_loss_gradient(
     if loss_fn is F.mse_loss:
         diff = output - target
         per_seed = diff[0].numel()
-        return (diff * diff).flatten(1).mean(dim=1), diff * (2.0 / per_seed)
+        squared = diff * diff
+        loss = squared.view(-1) if per_seed == 1 else squared.flatten(1).mean(dim=1)
+        return loss, diff * (2.0 / per_seed)
     if loss_fn is F.cross_entropy:
         log_probs = torch.log_softmax(output, dim=2)
         picked = log_probs.gather(2, target.unsqueeze(2))
