@@ -43,15 +43,40 @@ def main(argv: list[str] | None = None) -> int:
         "prepare", help="raw files → checksummed shards + manifest.json, read by the trials"
     )
     prepare.add_argument("dataset", choices=DATASETS)
-    prepare.add_argument("--src", help="the raw files (mnist: the directory holding MNIST/raw/)")
+    prepare.add_argument(
+        "--src",
+        help="the official files: mnist, the directory holding MNIST/raw/; cifar100, the one holding "
+        "cifar-100-python/; imagenet32, the one holding classes/<c>.npy or train_data_batch_*",
+    )
     prepare.add_argument("--dest", required=True, help="directory to write the shards into")
+
+    server = commands.add_parser(
+        "mlflow-server", help="the MLflow tracking server for a cluster's sweeps (binds 127.0.0.1)"
+    )
+    server.add_argument("--dir", help="where the default sqlite store and artifacts go (~/lop-ray-mlflow)")
+    server.add_argument("--backend-store-uri", help="e.g. postgresql://user@host/db (default: sqlite)")
+    server.add_argument("--artifact-root", help="a directory or s3://bucket/prefix (default: in --dir)")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1 only)")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--workers", type=int, default=4, help="server processes")
+
+    status = commands.add_parser("status", help="per trial: state, progress, checkpoint, MLflow run, errors")
+    status.add_argument("results_dir", help="the sweep's results directory or s3:// URI")
 
     args = parser.parse_args(argv)
     if args.command == "data":
         return _prepare(args.dataset, args.src, args.dest)
+    if args.command == "mlflow-server":
+        from lop_ray.mlflow_server import serve
+
+        serve(args.dir, args.backend_store_uri, args.artifact_root, args.host, args.port, args.workers)
     try:
         if args.command == "report":
             return _report(args.results_dir, args.out, args.export)
+        if args.command == "status":
+            from lop_ray.status import print_status
+
+            return print_status(args.results_dir)
         if args.command == "sweep":
             spec = load_sweep(args.file, storage=args.storage)
             if args.check:

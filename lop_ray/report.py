@@ -34,6 +34,27 @@ HEADLINE = {
         "ylabel": "online accuracy",
         "xlabel": "tasks",
     },
+    "continual_imagenet": {
+        "metric": "test_accuracy",
+        "x": "tasks",
+        "bin_x": 50,
+        "ylabel": "test accuracy after the last epoch",
+        "xlabel": "tasks",
+    },
+    "incremental_cifar": {
+        "metric": "block_test_accuracy",
+        "x": "epochs",
+        "bin_x": 1,  # logged once per block: the best test accuracy of the block's epochs
+        "ylabel": "best test accuracy of the block",
+        "xlabel": "epochs",
+    },
+    "rl": {
+        "metric": "episodic_return",
+        "x": "env_steps",
+        "bin_x": 250_000,  # Fig. 4a / ED 5; Slippery Ant's Fig. 3c bins 100k, Hopper's 500k
+        "ylabel": "episodic return",
+        "xlabel": "env steps",
+    },
 }
 
 
@@ -196,6 +217,30 @@ EXPORTED_METRICS = {
             "effective_rank",
             "abs_approximate_rank",
             "weight_magnitude",
+        )
+    ],
+    "continual_imagenet": [
+        (metric, "tasks", 1)
+        for metric in ("test_accuracy", "train_accuracy", "first_epoch_train_accuracy", "weight_magnitude")
+    ],
+    "incremental_cifar": [
+        (metric, "epochs", 1)
+        for metric in (
+            "test_accuracy",
+            "block_test_accuracy",
+            "dormant_units_percent",
+            "stable_rank",
+            "weight_magnitude",
+        )
+    ],
+    "rl": [
+        (metric, "env_steps", 100_000)
+        for metric in (
+            "episodic_return",
+            "dormant_units_percent",
+            "stable_rank",
+            "policy_weight_magnitude_layer1",
+            "max_weight_change",
         )
     ],
 }

@@ -127,10 +127,25 @@ def resume_sweep(results_dir: str | Path, quiet: bool = False) -> SweepOutcome:
 def _trainable(sweep: Sweep):
     from lop_ray.problems import PROBLEMS
 
+    _keep_credentials_out_of_runtime_envs()
+
     module, name = PROBLEMS[sweep.problem].trainable.split(":")
     cls = getattr(importlib.import_module(module), name)
     resources = {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]}
-    return tune.with_resources(cls, resources)
+    return tune.with_resources(cls, cls.resource_request(resources))
+
+
+# Tune copies these from the driver's environment into each trainable's runtime env, which Ray's
+# runtime-env agent then logs verbatim (session_*/logs/runtime_env_agent.log). Trial workers do not
+# need the copy: on one machine they inherit the environment of the Ray the driver started, on a
+# cluster each node has its own instance profile (clusters/). tests/test_security.py checks.
+_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+
+
+def _keep_credentials_out_of_runtime_envs() -> None:
+    from ray.tune.execution import class_cache  # private to Tune; Ray is pinned in requirements.txt
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - _AWS_CREDENTIALS
 
 
 def _trial_name(trial) -> str:

@@ -11,7 +11,9 @@ redone), deletes the half-copied and superseded ones, and numbers the next check
 directory on storage.
 
 "Complete" is decided by a manifest written next to `state.pt`: Tune copies a checkpoint to
-storage file by file, and a copy cut short leaves a `state.pt` shorter than the manifest says.
+storage file by file, and a copy cut short leaves a `state.pt` shorter than the manifest says. An
+incomplete checkpoint is never restored, even where Tune's record names it: the trial falls back to
+its newest complete one, and the driver logs a warning saying which and why.
 """
 
 from __future__ import annotations
@@ -92,12 +94,13 @@ def reconcile_trial_checkpoints(trial) -> None:
     by_path = {c.path: c for c in on_storage}
     manager = trial.run_metadata.checkpoint_manager
 
-    kept = [r for r in manager._checkpoint_results if r.checkpoint.path in by_path]
+    # a recorded checkpoint that is gone, or on storage but incomplete (truncated), cannot be restored
+    kept = [r for r in manager._checkpoint_results if _complete(r, by_path)]
     latest = manager._latest_checkpoint_result
-    if latest is not None and latest.checkpoint.path not in by_path:
-        latest = kept[-1] if kept else None
     complete = [c for c in on_storage if c.complete]
     newest = max(complete, key=lambda c: (c.steps_done, c.index), default=None)
+    if latest is not None and not _complete(latest, by_path):
+        latest = kept[-1] if kept else None
     if newest is not None and (latest is None or _steps_of(latest, by_path) < newest.steps_done):
         latest = next((r for r in kept if r.checkpoint.path == newest.path), None)
         if latest is None:
@@ -106,6 +109,15 @@ def reconcile_trial_checkpoints(trial) -> None:
         logger.info("%s: resuming from %s (%d steps done)", trial, newest.path, newest.steps_done)
     manager._checkpoint_results = kept
     manager._latest_checkpoint_result = latest
+    if on_storage and not on_storage[-1].complete:  # e.g. truncated by a crash while it was copied
+        chosen = by_path[latest.checkpoint.path] if latest is not None else None
+        logger.warning(
+            "%s: newest checkpoint %s is incomplete (%s); falling back to %s",
+            trial,
+            on_storage[-1].path,
+            _incomplete_reason(fs, on_storage[-1].path),
+            f"{chosen.path} ({chosen.steps_done} steps done)" if chosen else "the start (no complete one)",
+        )
 
     keep_paths = {r.checkpoint.path for r in kept}
     for stale in on_storage:
@@ -117,11 +129,27 @@ def reconcile_trial_checkpoints(trial) -> None:
     trial.invalidate_json_state()
 
 
+def _complete(result, by_path: dict[str, StoredCheckpoint]) -> bool:
+    stored = by_path.get(result.checkpoint.path)
+    return stored is not None and stored.complete
+
+
 def _steps_of(result, by_path: dict[str, StoredCheckpoint]) -> int:
-    stored = by_path[result.checkpoint.path]
-    if stored.steps_done is not None:
-        return stored.steps_done
-    return int(result.metrics.get(TRAINING_ITERATION, 0))
+    return by_path[result.checkpoint.path].steps_done
+
+
+def _incomplete_reason(fs: pyarrow.fs.FileSystem, path: str) -> str:
+    manifest_info, state_info = fs.get_file_info([f"{path}/{MANIFEST_FILE}", f"{path}/{CHECKPOINT_FILE}"])
+    if state_info.type != pyarrow.fs.FileType.File:
+        return f"no {CHECKPOINT_FILE}"
+    if manifest_info.type != pyarrow.fs.FileType.File:
+        return f"no {MANIFEST_FILE}"
+    try:
+        with fs.open_input_stream(manifest_info.path) as stream:
+            expected = json.loads(stream.read())["state_bytes"]
+        return f"{CHECKPOINT_FILE} has {state_info.size} of {expected} bytes"
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable {MANIFEST_FILE}"
 
 
 def _training_result(stored: StoredCheckpoint, fs: pyarrow.fs.FileSystem):

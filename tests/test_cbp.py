@@ -696,9 +696,10 @@ def test_unit_group_geometry_of_an_mlp():
 
 @pytest.mark.parametrize("bias_correction", [True, False])
 def test_cbp_on_two_columns_per_unit(bias_correction):
-    """h (batch 2, 3 units, 2 positions) has per-unit means [2, 1, 1]; `contribution` gives
-    û = o·mean|h| = [3, 2, 0.5] → unit 2 (columns 4 and 5) is replaced. Bias correction adds
-    f̂_2 · (sum of its columns per output) = 1 · [0, 1]."""
+    """h (batch 2, 3 units, 2 positions) has per-unit means [2, 1, 1]; `contribution` takes the
+    product per column, then the mean over the unit's columns: column magnitudes [1, 2 | 1, 3 | .5, .5]
+    times mean|h| per column [1, 3 | 2, 0 | 1, 1] → û = [3.5, 1, 0.5] → unit 2 (columns 4 and 5) is
+    replaced. Bias correction adds f̂_2 · (sum of its columns per output) = 1 · [0, 1]."""
     group = _flattened_group()
     params = [group.incoming.weight, group.incoming.bias, group.outgoing.weight, group.outgoing.bias]
     opt = torch.optim.SGD(params, lr=0.0, momentum=0.5)
@@ -722,7 +723,7 @@ def test_cbp_on_two_columns_per_unit(bias_correction):
     h = tensor([[[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]], [[1.0, 3.0], [4.0, 0.0], [0.0, 0.0]]])
     cbp.after_step([h])
     (state,) = cbp.state
-    assert_values(state["utility"], [1.5, 1.0, 0.0])
+    assert_values(state["utility"], [1.75, 0.5, 0.0])  # (1 − η)·û, η = 0.5
     assert state["age"].tolist() == [1, 1, 0]
     weight = group.outgoing.weight
     assert weight[:, 4:6].tolist() == [[0.0, 0.0], [0.0, 0.0]]

@@ -12,6 +12,8 @@ import pytest
 
 from lop_ray.data.shards import prepare_dataset
 from lop_ray.schema import Sweep, load_sweep
+from tests.cifar_files import write_cifar100
+from tests.imagenet32_files import write_class_files
 from tests.mnist_files import write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +57,13 @@ def _rel(path: Path) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def submit_directory(tmp_path_factory):
-    """Where a user submits from: permuted MNIST files name `data/mnist`, prepared there (here: tiny)."""
+    """Where a user submits from: permuted MNIST files name `data/mnist`, continual ImageNet files
+    `data/imagenet32`, CIFAR files `data/cifar100`, prepared there (here: tiny)."""
     root = tmp_path_factory.mktemp("submit")
     prepare_dataset("mnist", write_mnist(root / "raw"), root / "data" / "mnist")
+    write_class_files(root / "raw_imagenet32", classes=2)  # sweeps/imagenet/ name data/imagenet32
+    prepare_dataset("imagenet32", root / "raw_imagenet32", root / "data" / "imagenet32")
+    prepare_dataset("cifar100", write_cifar100(root / "raw_cifar", 100, 1, 1), root / "data" / "cifar100")
     before = os.getcwd()
     os.chdir(root)
     yield root

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from lop_ray import cli
+from lop_ray.problems import PROBLEMS
 from lop_ray.schema import Sweep, SweepError, load_sweep, validate_sweep
 from lop_ray.tracking import trial_run_name
 
@@ -105,7 +106,7 @@ CASES = [
         "problem.name",
         3,
         "unknown problem 'bit_flipping'",
-        "allowed: ['permuted_mnist', 'slowly_changing_regression']",
+        f"allowed: {sorted(PROBLEMS)}",
         header=HEADER.replace("slowly_changing_regression", "bit_flipping"),
     ),
     bad(
@@ -114,7 +115,7 @@ CASES = [
         "problem.name",
         2,
         "required key is missing",
-        "allowed: ['permuted_mnist', 'slowly_changing_regression']",
+        f"allowed: {sorted(PROBLEMS)}",
         header=HEADER.replace("  name: slowly_changing_regression\n", ""),
     ),
     bad(
@@ -809,11 +810,10 @@ num_tasks: 2
 
 def test_algorithms_without_a_batched_learner_run_one_seed_per_tune_trial(tmp_path):
     text = """\
-name: digits
-problem: {name: permuted_mnist, dataset: digits}
+name: hopper
+problem: {name: rl, env: Hopper-v5}
 algorithms:
-  - algorithm: bp
-    step_size: 0.01
+  - algorithm: ppo
 seeds: [0, 1, 2]
 seeds_per_trial: 3
 num_tasks: 2
@@ -821,5 +821,14 @@ num_tasks: 2
     sweep = load_sweep(_write(tmp_path, text))
     assert [len(group) for group in sweep.groups] == [1, 1, 1]
     assert all(t["seeds_per_trial"] == 1 for t in sweep.trials)
+    digits = load_sweep(
+        _write(
+            tmp_path,
+            text.replace("{name: rl, env: Hopper-v5}", "{name: permuted_mnist, dataset: digits}").replace(
+                "- algorithm: ppo", "- {algorithm: bp, step_size: 0.01}"
+            ),
+        )
+    )
+    assert [len(group) for group in digits.groups] == [3]  # permuted MNIST's learners are batched
     regression = load_sweep(_write(tmp_path, VALID.replace("seeds:", "seeds_per_trial: 3\nseeds:")))
     assert {len(group) for group in regression.groups} == {3}  # every regression algorithm is batched

@@ -35,6 +35,8 @@ UtilType = Literal[
 UTIL_TYPES: tuple[str, ...] = UtilType.__args__  # type: ignore[attr-defined]
 InitScheme = Literal["kaiming", "xavier", "lecun", "default"]
 ReplacementBase = Literal["eligible", "width"]
+UtilityAverage = Literal["ema", "cumulative"]
+InitDistribution = Literal["uniform", "normal"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class CBPConfig:
     `bias_correction` and `reset_optimizer_state` are the corrected behaviours (spec/fidelity.md rows
     1 and 2); the original code effectively ran with both off. `replacement_base`: ρ times the number
     of eligible units (corrected) or times the layer width (the original conv/ResNet variants).
+    `utility_average`: the decayed, bias-corrected average (`ema`) or the original CIFAR variant's
+    `cumulative` one, o_i × Σ (1−η)·mean|h_i|, never decayed nor reset (fidelity.md row 5).
+    `init_distribution`: new incoming weights uniform in ±B (B from `init`) or normal with the same
+    variance, N(0, B²/3) — the CIFAR original's Kaiming-normal draw for `init: kaiming`.
     """
 
     replacement_rate: float = 1e-4
@@ -57,6 +63,8 @@ class CBPConfig:
     bias_correction: bool = True
     reset_optimizer_state: bool = True
     replacement_base: ReplacementBase = "eligible"
+    utility_average: UtilityAverage = "ema"
+    init_distribution: InitDistribution = "uniform"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.replacement_rate <= 1.0:
@@ -67,6 +75,10 @@ class CBPConfig:
             raise ValueError(f"maturity_threshold must be >= 0, got {self.maturity_threshold}")
         if self.util_type not in UTIL_TYPES:
             raise ValueError(f"unknown util_type {self.util_type!r}; allowed: {list(UTIL_TYPES)}")
+        if self.utility_average == "cumulative" and self.util_type not in ("weight", "contribution"):
+            raise ValueError(
+                f"utility_average 'cumulative' takes util_type 'weight' or 'contribution', got {self.util_type!r}"
+            )
 
 
 class ContinualBackprop:
@@ -97,6 +109,8 @@ class ContinualBackprop:
                     "accumulated": torch.zeros((), dtype=torch.float64),
                 }
             )
+            if config.utility_average == "cumulative":
+                self.state[-1]["activation_sum"] = zeros.clone()
 
     # --- the three phases -------------------------------------------------------------------
     @torch.no_grad()
@@ -125,7 +139,13 @@ class ContinualBackprop:
         age = state["age"]
         bias_correction, mean_estimate = age_and_decay(state, eta, _per_unit_mean(h))
 
-        if cfg.util_type == "random":
+        if cfg.utility_average == "cumulative":
+            state["activation_sum"] += (1.0 - eta) * _per_unit_mean(h.abs())
+            utility = group.outgoing_magnitude()
+            if cfg.util_type == "contribution":
+                utility = utility * state["activation_sum"]
+            state["bias_corrected_utility"] = utility
+        elif cfg.util_type == "random":
             state["bias_corrected_utility"] = torch.rand(
                 group.width, generator=self.generator, device=age.device, dtype=mean_estimate.dtype
             )
@@ -164,14 +184,14 @@ class ContinualBackprop:
         if util_type == "weight":
             return group.outgoing_magnitude()
         if util_type == "contribution":
-            return group.outgoing_magnitude() * _per_unit_mean(h.abs())
-        deviation = _per_unit_mean((h - _broadcast_units(mean_estimate, h)).abs())
+            return _output_weighted(group, h.abs())
+        deviation = (h - _broadcast_units(mean_estimate, h)).abs()
         if util_type == "zero_contribution":
-            return group.outgoing_magnitude() * deviation
+            return _output_weighted(group, deviation)
         if util_type == "adaptable_contribution":
-            return group.outgoing_magnitude() * deviation / group.incoming_magnitude()
+            return _output_weighted(group, deviation) / group.incoming_magnitude()
         if util_type == "feature_by_input":
-            return deviation / group.incoming_magnitude()
+            return _per_unit_mean(deviation) / group.incoming_magnitude()
         raise ValueError(f"unknown util_type {util_type!r}")
 
     def _generate(
@@ -190,14 +210,18 @@ class ContinualBackprop:
             dtype=incoming.weight.dtype,
             device=incoming.weight.device,
         )
-        incoming.weight[units] = fresh.uniform_(-bound, bound, generator=self.generator)
+        if self.config.init_distribution == "normal":
+            fresh.normal_(0.0, bound / math.sqrt(3.0), generator=self.generator)
+        else:
+            fresh.uniform_(-bound, bound, generator=self.generator)
+        incoming.weight[units] = fresh
         if incoming.bias is not None:
             incoming.bias[units] = 0.0
         outgoing.weight[:, group.outgoing_columns(units)] = 0.0
         if group.norm is not None:
             _reset_norm_entries(group.norm, units)
         for key in ("utility", "bias_corrected_utility", "mean_activation", "age"):
-            state[key][units] = 0
+            state[key][units] = 0  # a cumulative `activation_sum` is never reset (the original's)
         self.replaced_total += len(units)
 
     def _reset_optimizer(self, group: UnitGroup, units: torch.Tensor) -> None:
@@ -250,6 +274,17 @@ def _per_unit_mean(h: torch.Tensor) -> torch.Tensor:
     if h.dim() == 2:
         return h.mean(dim=0)
     return h.transpose(0, 1).reshape(h.shape[1], -1).mean(dim=1)
+
+
+def _output_weighted(group: UnitGroup, values: torch.Tensor) -> torch.Tensor:
+    """Each unit's mean outgoing |w| times its mean `values` (|h| or |h − f̂|). A unit flattened into
+    several columns of a linear layer (conv → linear) takes the product per column, then the mean
+    over its columns, as the original does (spec/algorithms.md, unit groups)."""
+    if group.fan_out_per_unit == 1:
+        return group.outgoing_magnitude() * _per_unit_mean(values)
+    shape = (group.width, group.fan_out_per_unit)
+    per_column_weight = group.outgoing.weight.detach().abs().mean(dim=0).reshape(shape)
+    return (per_column_weight * values.mean(dim=0).reshape(shape)).mean(dim=1)
 
 
 def _broadcast_units(per_unit: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -213,4 +213,3 @@ class SeedBatchedContinualBackprop:
                 mine[key] = value.to(mine[key].device).clone()
         for generator, saved in zip(self.generators, state["generators"], strict=True):
             generator.set_state(saved.cpu())
-

@@ -29,7 +29,7 @@ from lop_ray.data.locations import Location, LocationError, MissingFile, locatio
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 DEFAULT_SHARD_BYTES = 256 * 2**20
-DATASETS = ("mnist", "digits")
+DATASETS = ("mnist", "digits", "cifar100", "imagenet32")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,22 @@ def read_raw(dataset: str, src: str | Path | None) -> tuple[dict[str, tuple[np.n
             raise DataFormatError("mnist: --src DIR is required (the directory holding MNIST/raw/)")
         splits = {split: read_mnist(src, split) for split in ("train", "test")}
         return splits, {"pixel_max": 255.0, "num_classes": 10}
+    if dataset == "cifar100":
+        if src is None:
+            raise DataFormatError("cifar100: --src DIR is required (the directory holding cifar-100-python/)")
+        from lop_ray.data.cifar100 import read_cifar100, read_cifar100_meta
+
+        names = read_cifar100_meta(src)
+        splits = {split: read_cifar100(src, split) for split in ("train", "test")}
+        return splits, {"pixel_max": 255.0, "num_classes": len(names), "class_names": names}
+    if dataset == "imagenet32":
+        if src is None:
+            raise DataFormatError(
+                "imagenet32: --src DIR is required (holding classes/ or train_data_batch_*)"
+            )
+        from lop_ray.data.imagenet32 import imagenet32_splits
+
+        return imagenet32_splits(src)
     if dataset == "digits":
         from sklearn.datasets import load_digits
 

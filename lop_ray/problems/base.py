@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from lop_ray.data.idx import DataFormatError
+from lop_ray.data.shards import read_manifest
 
 
 def _not_bool(value: Any) -> Any:
@@ -18,6 +22,25 @@ def _not_bool(value: Any) -> Any:
 Real = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]  # finite
 Count = Annotated[int, BeforeValidator(_not_bool)]
 Rate = Annotated[Real, Field(ge=0, le=1)]
+
+
+def prepared_data(data: str, dataset: str, splits: tuple[str, ...] = ("train",)) -> str:
+    """The absolute location of a dataset written by `lop-ray data prepare`, checked before any trial
+    runs: its manifest is there, names `dataset` and has `splits`. Relative paths are relative to
+    where the sweep is submitted; trials run in other processes, so they get the absolute path."""
+    path = data if data.startswith("s3://") else str(Path(data).expanduser().resolve())
+    try:
+        manifest = read_manifest(path)
+    except DataFormatError as error:
+        raise ValueError(
+            f"{error} (prepare it with `lop-ray data prepare {dataset} --src RAW_DIR --dest {data}`)"
+        ) from None
+    if manifest["dataset"] != dataset:
+        raise ValueError(f"{path} holds {manifest['dataset']!r}, not {dataset!r}")
+    missing = set(splits) - set(manifest["splits"])
+    if missing:
+        raise ValueError(f"{path} lacks the {sorted(missing)} split(s); prepare it again")
+    return path
 
 
 class Strict(BaseModel):

@@ -3,15 +3,12 @@ on scikit-learn's bundled 8×8 digits (offline demos and tests)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from lop_ray.data.idx import DataFormatError
-from lop_ray.data.shards import read_manifest
 from lop_ray.nets.activations import ACTIVATIONS
-from lop_ray.problems.base import Count, ProblemSpec, Real, Strict
+from lop_ray.problems.base import Count, ProblemSpec, Real, Strict, prepared_data
 from lop_ray.problems.learners import SUPERVISED_ALGORITHMS
 
 
@@ -33,15 +30,7 @@ class PermutedMNISTProblem(Strict):
                     f"`lop-ray data prepare {dataset} --src RAW_DIR --dest DIR`"
                 )
             return data
-        # relative to where the sweep is submitted; trials (other processes) get the absolute path
-        path = data if data.startswith("s3://") else str(Path(data).expanduser().resolve())
-        try:
-            manifest = read_manifest(path)
-        except DataFormatError as error:
-            raise ValueError(str(error)) from None
-        if dataset is not None and manifest["dataset"] != dataset:
-            raise ValueError(f"{path} holds {manifest['dataset']!r}, not {dataset!r}")
-        return path
+        return prepared_data(data, dataset or "mnist")
 
 
 class PermutedMNISTNetwork(Strict):

@@ -41,6 +41,12 @@ class LopTrainable(tune.Trainable):
     MLflow run, so results read the same whichever way they were computed.
     """
 
+    @classmethod
+    def resource_request(cls, resources: dict[str, float]) -> Any:
+        """What Tune reserves per trial (given to `tune.with_resources`): the sweep's `resources`
+        (cpu, gpu); a trainable that starts actors of its own (PPO's env runners) reserves theirs too."""
+        return resources
+
     def build_experiment(self, trials: list[dict[str, Any]], device: torch.device):
         """The pure-PyTorch experiment for `trials` (seeds of one configuration): `run_step()` returns
         the step's metrics (one trial) or a list of them (one per trial, in order), `steps_done`,

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU checks behind docs/performance.md, in one run on a bare CUDA machine that has torch, numpy
+# and scikit-learn but no Ray or MLflow (every script here is pure PyTorch). Each check has its own
+# time limit so that one slow check cannot take the others' time; everything goes to one log.
+#   bash bench/device_checks.sh [LOG_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+log_dir=${1:-${OUT:-/tmp/lop-ray-device-checks}}
+mkdir -p "$log_dir"
+log=$log_dir/device_checks.log
+check() {
+  local limit=$1
+  shift
+  echo "== $(date -u +%T) $*" | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
+check 90 python3 bench/cuda_agreement.py
+check 120 python3 bench/seed_batching.py --problem mnist --device cuda --seeds 1 8 30 --mnist-examples 300 --alone 3
+for algorithm in bp cbp; do
+  check 60 python3 bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 2 --algorithm "$algorithm"
+done
+check 170 python3 bench/cifar_epoch_time.py --device cuda --algorithms bp,cbp
+check 90 python3 bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 2 --algorithm cbp --processes 4
+check 100 python3 bench/seed_batching.py --problem regression --seeds 1 100 --alone 3
+echo "== $(date -u +%T) done" | tee -a "$log"

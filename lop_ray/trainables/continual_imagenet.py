@@ -1,0 +1,23 @@
+"""Continual ImageNet on Ray Tune: one step = one binary task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lop_ray.experiments.continual_imagenet import ContinualImageNetExperiment, config_from_trial
+from lop_ray.trainables.base import LopTrainable
+from lop_ray.trainables.shared_data import shared_dataset
+
+
+class ContinualImageNetTrainable(LopTrainable):
+    def build_experiment(
+        self, trials: list[dict[str, Any]], device: torch.device
+    ) -> ContinualImageNetExperiment:
+        [trial] = trials  # not seed-batched: one seed per Tune trial
+        settings = trial["problem_settings"]
+        # one copy of each split per node, in the object store, for every trial there
+        train = shared_dataset(settings["dataset"], settings["data"], "train")
+        test = shared_dataset(settings["dataset"], settings["data"], "test")
+        return ContinualImageNetExperiment(config_from_trial(trial), train, test, device)

@@ -1,0 +1,54 @@
+"""PPO on MuJoCo on Ray Tune: one step = `iterations_per_step` PPO iterations.
+
+With `env_runners: N > 0` the trial reserves a placement group of its own bundle (the sweep's
+`resources`, where the learner runs) plus N bundles of `runner_cpus` each, and starts one env runner
+actor in each; with 0, the trial's own process steps the envs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ray
+import torch
+from ray.tune import PlacementGroupFactory
+
+from lop_ray.experiments.ppo import PPOExperiment, config_from_trial
+from lop_ray.trainables.base import LopTrainable
+from lop_ray.trainables.env_runners import RemoteRunners
+
+
+def placement(resources: dict[str, float], settings: dict[str, Any]) -> PlacementGroupFactory:
+    """The learner's bundle, then one bundle per env runner actor."""
+    learner = {"CPU": resources["cpu"]}
+    if resources.get("gpu"):
+        learner["GPU"] = resources["gpu"]
+    runners = [{"CPU": settings["runner_cpus"]}] * settings["env_runners"]
+    return PlacementGroupFactory([learner, *runners])
+
+
+class PPOTrainable(LopTrainable):
+    @classmethod
+    def resource_request(cls, resources: dict[str, float]) -> Callable[[dict], PlacementGroupFactory]:
+        return lambda config: placement(resources, config["trials"][0]["problem_settings"])
+
+    def build_experiment(self, trials: list[dict[str, Any]], device: torch.device) -> PPOExperiment:
+        [trial] = trials  # PPO is not seed-batched: one seed per Tune trial
+        if self.trial_resources is not None:  # the learner's threads: its own bundle, not the runners'
+            torch.set_num_threads(max(1, int(self.trial_resources.bundles[0].get("CPU", 1))))
+        config = config_from_trial(trial)
+        settings = trial["problem_settings"]
+        runners = None
+        if settings["env_runners"] > 0:
+            runners = RemoteRunners(
+                config.runner_specs(),
+                settings["runner_cpus"],
+                ray.util.get_current_placement_group() if ray.is_initialized() else None,
+            )
+        return PPOExperiment(config, runners, device)
+
+    def cleanup(self) -> None:
+        if hasattr(self, "experiment"):  # setup may have failed before building it
+            super().cleanup()
+            self.experiment.close()  # ends the runner actors
