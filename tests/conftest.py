@@ -100,6 +100,12 @@ def s3_bucket(monkeypatch):
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(key, value)
-    boto3.client("s3").create_bucket(Bucket="lop-data")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="lop-data")
     yield "s3://lop-data"
+    # moto keeps its buckets in the process, not in the server: empty it so the next test's is empty
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lop-data"):
+        for item in page.get("Contents", []):
+            s3.delete_object(Bucket="lop-data", Key=item["Key"])
+    s3.delete_bucket(Bucket="lop-data")
     server.stop()
