@@ -85,6 +85,18 @@ def logged_sweep(results_dir: Path, sweep_text: str, rows_of) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread, as a trial on one CPU runs: the kernels of these tests are small, and on a
+    shared 2-core machine a second thread spin-waits more than it computes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def s3_bucket(monkeypatch):
     """A real S3 endpoint (moto's server, 127.0.0.1 only) with an empty bucket; its URI prefix."""
     import boto3

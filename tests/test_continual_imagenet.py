@@ -34,17 +34,10 @@ from tests.conftest import write_sweep
 from tests.imagenet32_files import write_batch_files, write_class_files
 from tests.mnist_files import write_mnist
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_SWEEPS = ROOT / "sweeps" / "imagenet"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small conv batches on a shared 2-core machine: a second thread costs more than it gives."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- the raw files ------------------------------------------------------------------------------

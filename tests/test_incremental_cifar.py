@@ -32,16 +32,9 @@ from lop_ray.nets.resnet import CifarResNet18
 from lop_ray.schema import SweepError, load_sweep
 from tests.cifar_files import read_back, write_cifar100
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 NUM_CLASSES = 10
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine's cores are shared: one thread is faster than two fighting, and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

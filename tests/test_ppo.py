@@ -20,16 +20,9 @@ from lop_ray.nets.policy import GaussianPolicy, ValueNetwork
 from lop_ray.rl.acting import ActingPolicy
 from lop_ray.rl.runner import policy_weights
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 SMALL_PPO = PPOConfig(epochs=2, minibatch_size=64)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as a trial on one CPU runs (on a busy 2-core machine two threads spin)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_gae_matches_a_hand_computation():

@@ -14,6 +14,8 @@ from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNIS
 from lop_ray.experiments.seed_batched_permuted_mnist import SeedBatchedPermutedMNISTExperiment
 from lop_ray.experiments.seed_loop import SeedLoop
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 LEARNERS = {
     "bp": {},
     "l2_momentum": {"algorithm": "l2", "weight_decay": 1e-3, "momentum": 0.9},
@@ -24,15 +26,6 @@ LEARNERS = {
         "cbp": CBPConfig(replacement_rate=0.01, maturity_threshold=5, accumulate=True),
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny kernels: a second thread only adds synchronisation, which is slow on a loaded machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
