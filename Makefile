@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart quickstart-digits test test-slow lint format
+.PHONY: venv browser quickstart quickstart-digits test test-slow lint format
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check lop_ray tests bench
 	$(BIN)/ruff format --check lop_ray tests bench
 
-test: lint
+# Debian's Chromium, which tests/test_mlflow_ui.py drives headless through Playwright
+browser:
+	command -v chromium >/dev/null || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium; }
+
+test: lint browser
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) browser
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/pytest -q -m slow
 
 format: $(STAMP)

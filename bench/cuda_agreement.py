@@ -1,11 +1,14 @@
-"""Seed-batched learners on CUDA against the same learners on the CPU: a few tasks of permuted
-digits (scikit-learn's 8×8 digits) and of slowly-changing regression, S seeds at once, printing the
-largest relative difference of each per-seed metric.
+"""Learners on CUDA against the same learners on the CPU: a few tasks of permuted digits
+(scikit-learn's 8×8 digits) and of slowly-changing regression, S seeds at once (seed-batched) and
+one seed (the single-seed experiments, CBP), printing the largest relative difference of each
+per-seed metric and, for CBP, the units each seed replaced on either device.
 
-BP and shrink-and-perturb (counter-based noise, device-independent) should differ only by float
-rounding, amplified over the steps. CBP differs by design after its first replacement: new units'
-weights come from each seed's learner generator on the learner's device, and CUDA's generator
-draws other numbers than the CPU's from the same seed.
+BP, shrink-and-perturb (counter-based noise) and CBP should differ only by float rounding, amplified
+over the steps: CBP draws its new units' weights, and every other draw of its own, from each seed's
+CPU generator whatever the learner's device (before, CUDA's generator drew other numbers than the
+CPU's from the same seed, and a CUDA run left the CPU run at its first replacement). The replaced
+counts should be equal; a unit whose utility ties another's to rounding may still be chosen
+differently, rarely.
 
     python3 bench/cuda_agreement.py
 """
@@ -19,8 +22,8 @@ import torch
 from lop_ray.algos import CBPConfig
 from lop_ray.data.shards import ImageDataset, load_dataset
 from lop_ray.experiments.learner import LearnerSettings
-from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig
-from lop_ray.experiments.regression import RegressionConfig
+from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNISTExperiment
+from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
 from lop_ray.experiments.seed_batched_permuted_mnist import SeedBatchedPermutedMNISTExperiment
 from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 
@@ -44,6 +47,22 @@ def largest_difference(cpu: list[list[dict]], cuda: list[list[dict]]) -> tuple[f
     return worst, where
 
 
+def compare(label: str, make, steps: int = 3) -> None:
+    """Run `make("cpu")` and `make("cuda")` side by side and print how far apart they end up."""
+    runs = [make(device) for device in ("cpu", "cuda")]
+    results = [[_per_seed(run.run_step()) for _ in range(steps)] for run in runs]
+    worst, key = largest_difference(*results)
+    line = f"{label:27}: largest relative CPU/CUDA difference {worst:.2e} ({key})"
+    if "replaced_units" in results[0][-1][0]:
+        cpu, cuda = ([int(seed["replaced_units"]) for seed in result[-1]] for result in results)
+        line += f"; replaced units CPU {cpu}, CUDA {cuda}" + (" (equal)" if cpu == cuda else " (DIFFER)")
+    print(line, flush=True)
+
+
+def _per_seed(metrics: list[dict] | dict) -> list[dict]:
+    return metrics if isinstance(metrics, list) else [metrics]
+
+
 def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device")
@@ -52,17 +71,21 @@ def main() -> None:
     seeds = [0, 1, 2, 3]
     for name, settings in LEARNERS.items():
         config = PermutedMNISTConfig(hidden_units=100, probe_examples=200, learner=settings)
-        runs = [
-            SeedBatchedPermutedMNISTExperiment(config, seeds, digits, device) for device in ("cpu", "cuda")
-        ]
-        steps = [[run.run_step() for _ in range(3)] for run in runs]
-        worst, key = largest_difference(*steps)
-        print(f"permuted digits {name:4}: largest relative CPU/CUDA difference {worst:.2e} ({key})")
+        compare(
+            f"permuted digits {name}",
+            lambda device: SeedBatchedPermutedMNISTExperiment(config, seeds, digits, device),  # noqa: B023
+        )
         regression = RegressionConfig(examples_per_step=2000, learner=settings)
-        runs = [SeedBatchedRegressionExperiment(regression, seeds, device) for device in ("cpu", "cuda")]
-        steps = [[run.run_step() for _ in range(3)] for run in runs]
-        worst, key = largest_difference(*steps)
-        print(f"regression      {name:4}: largest relative CPU/CUDA difference {worst:.2e} ({key})")
+        compare(
+            f"regression      {name}",
+            lambda device: SeedBatchedRegressionExperiment(regression, seeds, device),  # noqa: B023
+        )
+    # the single-seed learner (ContinualBackprop over unit groups), one seed
+    settings = LEARNERS["cbp"]
+    single = PermutedMNISTConfig(seed=2, hidden_units=100, probe_examples=200, learner=settings)
+    compare("permuted digits cbp, alone", lambda device: PermutedMNISTExperiment(single, digits, device))
+    regression = RegressionConfig(seed=2, examples_per_step=2000, learner=settings)
+    compare("regression      cbp, alone", lambda device: RegressionExperiment(regression, device))
     leaked = sorted(m for m in ("ray", "mlflow", "pydantic") if m in sys.modules)
     if leaked:
         raise SystemExit(f"imported {leaked}")

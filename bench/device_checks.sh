@@ -16,7 +16,12 @@ check() {
   timeout "$limit" "$@" 2>&1 | tee -a "$log"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
-check 90 python3 bench/cuda_agreement.py
+check 120 python3 bench/cuda_agreement.py
+# the seed-batched CBP step at S = 30 against BP: time per step, host syncs per step, top kernels
+check 60 python3 bench/cbp_profile.py --seeds 30
+if python3 -c "import pytest" 2>/dev/null; then  # the CUDA tests (skipped on a machine without one)
+  check 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cbp_device.py
+fi
 check 120 python3 bench/seed_batching.py --problem mnist --device cuda --seeds 1 8 30 --mnist-examples 300 --alone 3
 for algorithm in bp cbp; do
   check 60 python3 bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 2 --algorithm "$algorithm"

@@ -98,14 +98,19 @@ def main() -> None:
     header = (
         f"{'runners':>7} {'batch':>6} {'single-process':>15} {'actors':>9} {'speedup':>8} {'efficiency':>10}"
     )
-    print(header + "  collect share (single / actors)")
+    print(header + "  collect share (single / actors)  collection speedup")
     for n in counts:
         single = measure(args.env, n, args.envs_per_runner, args.iterations, remote=False)
         actors = measure(args.env, n, args.envs_per_runner, args.iterations, remote=True)
         speedup = actors["steps_per_second"] / single["steps_per_second"]
+        # seconds of collection per env step in each layout: the part that parallelises, alone
+        collect_speedup = (single["collect_share"] / single["steps_per_second"]) / (
+            actors["collect_share"] / actors["steps_per_second"]
+        )
         print(
             f"{n:>7} {single['batch']:>6} {single['steps_per_second']:>11.0f} st/s {actors['steps_per_second']:>5.0f} st/s"
-            f" {speedup:>7.2f}x {speedup / n:>9.0%}  {single['collect_share']:.0%} / {actors['collect_share']:.0%}",
+            f" {speedup:>7.2f}x {speedup / n:>9.0%}  {single['collect_share']:.0%} / {actors['collect_share']:.0%}"
+            f"  {collect_speedup:>26.2f}x ({collect_speedup / n:.0%} of linear)",
             flush=True,
         )
     ray.shutdown()

@@ -4,7 +4,8 @@ our code) against one S-seed batched learner, measured side by side in one run.
 Slowly-changing regression (20 → 5 → 1, relu, SGD 0.01; one step = one example of every seed): each
 measurement is one trainable step of `--examples` examples per seed (default 10,000 = one flip
 period, so the stream's per-period generation is counted at its true rate), stream included, as a
-sweep runs it.
+sweep runs it. A third column runs the batched learner with PyTorch ops in place of its compiled
+one-example step (`nets/one_example_kernel.py`), to show what each part buys.
 
 Online permuted MNIST (784 → 2000 → 2000 → 2000 → 10, relu, SGD 0.003, one example per step): one
 task of `--mnist-examples` examples per seed, on random images of MNIST's shape (speed does not
@@ -64,7 +65,8 @@ def _rate(run: Callable[[], object], seed_steps: int, device: torch.device) -> f
     return seed_steps / (time.perf_counter() - start)
 
 
-def regression_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[float, float]:
+def regression_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[float, float, float]:
+    """(one after another, batched, batched with PyTorch ops instead of the compiled step)."""
     n = args.examples
     alone = [
         RegressionExperiment(RegressionConfig(seed=s, examples_per_step=n, learner=settings), device)
@@ -73,10 +75,13 @@ def regression_rates(settings: LearnerSettings, seeds: int, args, device) -> tup
     one_by_one = _rate(lambda: [e.run_step() for e in alone], len(alone) * n, device)
     config = RegressionConfig(examples_per_step=n, learner=settings)
     batch = SeedBatchedRegressionExperiment(config, list(range(seeds)), device)
-    return one_by_one, _rate(batch.run_step, seeds * n, device)
+    torch_ops = SeedBatchedRegressionExperiment(config, list(range(seeds)), device)
+    torch_ops.net.use_compiled_step = False
+    together = _rate(batch.run_step, seeds * n, device)
+    return one_by_one, together, _rate(torch_ops.run_step, seeds * n, device)
 
 
-def mnist_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[float, float]:
+def mnist_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[float, float, None]:
     n, dataset = args.mnist_examples, args.dataset
 
     def config(seed: int) -> PermutedMNISTConfig:
@@ -87,7 +92,7 @@ def mnist_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[fl
     alone = [PermutedMNISTExperiment(config(s), dataset, device) for s in range(min(seeds, args.alone))]
     one_by_one = _rate(lambda: [e.run_step() for e in alone], len(alone) * n, device)
     batch = SeedBatchedPermutedMNISTExperiment(config(0), list(range(seeds)), dataset, device)
-    return one_by_one, _rate(batch.run_step, seeds * n, device)
+    return one_by_one, _rate(batch.run_step, seeds * n, device), None
 
 
 def main() -> None:
@@ -115,16 +120,20 @@ def main() -> None:
             else (MNIST_LEARNERS, mnist_rates, args.mnist_examples)
         )
         print(f"\n{problem}: {steps} steps per seed per measurement")
-        print(f"{'learner':12}{'S':>5}{'one after another':>20}{'batched':>16}{'batched / one-by-one':>22}")
+        print(
+            f"{'learner':12}{'S':>5}{'one after another':>20}{'batched':>16}{'batched / one-by-one':>22}"
+            + (f"{'batched, PyTorch ops':>24}" if problem == "regression" else "")
+        )
         for learner, settings in learners.items():
             rates(
                 settings, 2, argparse.Namespace(**{**vars(args), "examples": 20, "mnist_examples": 5}), device
             )
             for seeds in args.seeds:
-                single, together = rates(settings, seeds, args, device)
+                single, together, torch_ops = rates(settings, seeds, args, device)
                 print(
                     f"{learner:12}{seeds:>5}{single:>14,.0f} st/s{together:>12,.0f} st/s"
-                    f"{together / single:>21.1f}×",
+                    f"{together / single:>21.1f}×"
+                    + (f"{torch_ops:>12,.0f} st/s ({torch_ops / single:.1f}×)" if torch_ops else ""),
                     flush=True,
                 )
     leaked = sorted(m for m in ("ray", "mlflow", "pydantic") if m in sys.modules)

@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_argument("--out", help="where the figures go (default: the results directory)")
     report.add_argument("--export", metavar="OUT_DIR", help="also write OUT_DIR/curves.csv")
+    report.add_argument(
+        "--figure",
+        action="append",
+        metavar="NAME",
+        help="draw only this paper figure (repeatable; default: every figure of the problem and the "
+        "headline curve); an unknown name lists the allowed ones",
+    )
 
     data = commands.add_parser("data", help="prepare datasets from their official files")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.dir, args.backend_store_uri, args.artifact_root, args.host, args.port, args.workers)
     try:
         if args.command == "report":
-            return _report(args.results_dir, args.out, args.export)
+            return _report(args.results_dir, args.out, args.export, args.figure)
         if args.command == "status":
             from lop_ray.status import print_status
 
@@ -113,10 +120,10 @@ def _prepare(dataset: str, src: str | None, dest: str) -> int:
     return 0
 
 
-def _report(results_dirs: list[str], out: str | None, export: str | None) -> int:
+def _report(results_dirs: list[str], out: str | None, export: str | None, names: list[str] | None) -> int:
     from pathlib import Path
 
-    from lop_ray import report
+    from lop_ray import figures, report
 
     records = report.load_results(results_dirs)
     if not records:
@@ -130,18 +137,55 @@ def _report(results_dirs: list[str], out: str | None, export: str | None) -> int
         )
         return EXIT_BAD_INPUT
     problem = problems[0]
-    names = " vs ".join(dict.fromkeys(r.trial["sweep"] for r in records))
-    figure, _ = report.headline_figure(records, problem, f"{names}: {problem}", Path(out or results_dirs[0]))
-    if figure is None:
-        print(
-            f"{results_dirs[0]}: no trial has reported {report.HEADLINE[problem]['metric']} yet",
-            file=sys.stderr,
-        )
-    else:
-        print(f"figure: {figure} and {figure.with_suffix('.svg')}")
+    try:
+        figures.select(problem, names)
+    except ValueError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    names_title = " vs ".join(dict.fromkeys(r.trial["sweep"] for r in records))
+    title = f"{names_title}: {problem}"
+    from lop_ray.storage import driver_dir
+
+    out_dir = Path(out) if out else driver_dir(results_dirs[0])  # an S3 sweep's: a local directory
+    written: list[tuple[Path, str | None]] = []  # (file, MLflow artifact folder)
+    if not names:  # the headline curve, as the sweep's end draws it
+        figure, _ = report.headline_figure(records, problem, title, out_dir)
+        if figure is None:
+            print(
+                f"{results_dirs[0]}: no trial has reported {report.HEADLINE[problem]['metric']} yet",
+                file=sys.stderr,
+            )
+        else:
+            print(f"figure: {figure} and {figure.with_suffix('.svg')}")
+            written += [(figure, None), (figure.with_suffix(".svg"), None)]
+    for message in figures.unlogged(results_dirs, records):
+        print(f"missing: {message}", file=sys.stderr)
+    for data, paths in figures.draw_figures(records, problem, out_dir / "figures", title, names):
+        for message in data.missing:
+            print(f"missing: {message}", file=sys.stderr)
+        if paths:
+            print(f"figure {data.figure.name}: {' and '.join(str(p) for p in paths)}")
+            written += [(path, "figures") for path in paths]
+        else:
+            print(f"figure {data.figure.name}: skipped, no trial has its data", file=sys.stderr)
+    _log_figures(results_dirs, written)
     if export:
         print(f"curves: {report.export_curves(records, export)}")
     return 0
+
+
+def _log_figures(results_dirs: list[str], written: list) -> None:
+    """Every file drawn, as an artifact of each sweep's parent MLflow run (beside the headline figure
+    the sweep's end logs there)."""
+    from mlflow.tracking import MlflowClient
+
+    from lop_ray.sweep_record import read_sweep_record
+
+    for results_dir in results_dirs:
+        tracking = read_sweep_record(results_dir).tracking
+        client = MlflowClient(tracking["uri"])
+        for path, folder in written:
+            client.log_artifact(tracking["parent_run_id"], str(path), folder)
 
 
 if __name__ == "__main__":

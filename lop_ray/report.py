@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lop_ray.sweep_record import read_sweep_record
-from lop_ray.tracking import trial_histories
+from lop_ray.tracking import trial_histories, trial_line
 
 # x-axis and binning of each problem's headline metric (spec/metrics.md, Aggregation in figures)
 HEADLINE = {
@@ -66,9 +66,9 @@ class TrialRecord:
 
     @property
     def line(self) -> str:
-        """The line a trial belongs to in a figure: its label and the values that vary."""
-        varying = ", ".join(f"{k}={v}" for k, v in self.trial["varying"].items())
-        return f"{self.trial['label']} ({varying})" if varying else self.trial["label"]
+        """The line a trial belongs to in a figure: its label and the values that vary (the `line`
+        tag of its MLflow run)."""
+        return trial_line(self.trial)
 
 
 @dataclass
@@ -121,10 +121,11 @@ def load_results(results_dirs: list[str | Path]) -> list[TrialRecord]:
 
 
 def binned_metric(
-    record: TrialRecord, metric: str, x_key: str, bin_x: int | None
+    record: TrialRecord, metric: str, x_key: str, bin_x: int | None, reduce: str = "mean"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One trial's metric as the paper bins it: the mean over each complete bin of `bin_x` x-units
-    (None: one bin per step); returns (x at each bin's end, bin means)."""
+    """One trial's metric as the paper bins it: the mean (or `reduce="max"`, ED Fig. 5c's largest
+    weight change) over each complete bin of `bin_x` x-units (None: one bin per step); returns (x at
+    each bin's end, bin values)."""
     rows = [row for row in record.rows if metric in row]
     if not rows:
         return np.zeros(0), np.zeros(0)
@@ -132,11 +133,13 @@ def binned_metric(
     y = np.array([row[metric] for row in rows], dtype=float)
     steps_per_bin = max(1, int(round(bin_x / x[0]))) if bin_x else 1
     bins = len(y) // steps_per_bin
-    binned = y[: bins * steps_per_bin].reshape(bins, steps_per_bin).mean(axis=1)
+    binned = getattr(np, reduce)(y[: bins * steps_per_bin].reshape(bins, steps_per_bin), axis=1)
     return x[steps_per_bin - 1 :: steps_per_bin][:bins], binned
 
 
-def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int | None) -> list[Aggregate]:
+def aggregate(
+    records: list[TrialRecord], metric: str, x_key: str, bin_x: int | None, reduce: str = "mean"
+) -> list[Aggregate]:
     """Per line: bin each seed's steps into bins of `bin_x` (x units; None: one bin per step), then
     mean ± SE over seeds.
 
@@ -146,7 +149,7 @@ def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int | 
     by_line: dict[str, list[np.ndarray]] = {}
     x_of_line: dict[str, np.ndarray] = {}
     for record in records:
-        x, binned = binned_metric(record, metric, x_key, bin_x)
+        x, binned = binned_metric(record, metric, x_key, bin_x, reduce)
         if len(binned) == 0:
             continue
         by_line.setdefault(record.line, []).append(binned)
@@ -162,6 +165,24 @@ def aggregate(records: list[TrialRecord], metric: str, x_key: str, bin_x: int | 
     return aggregates
 
 
+def draw_lines(
+    ax: Any,
+    aggregates: list[Aggregate],
+    colors: dict[str, str] | None = None,
+    bands: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> None:
+    """Each line's mean with a ±1 SE band onto a matplotlib axes (shared by every figure); `colors`
+    keeps a line's colour the same in every panel of a figure, `bands` replaces a line's ±1 SE by
+    other bounds (RL's 95 % bootstrap interval)."""
+    for agg in aggregates:
+        marker = "o" if len(agg.x) < 12 else None
+        color = (colors or {}).get(agg.line)
+        label = f"{agg.line}, {agg.seeds} seeds"
+        (handle,) = ax.plot(agg.x, agg.mean, marker=marker, label=label, color=color)
+        low, high = (bands or {}).get(agg.line, (agg.mean - agg.stderr, agg.mean + agg.stderr))
+        ax.fill_between(agg.x, low, high, alpha=0.25, color=handle.get_color())
+
+
 def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
     import matplotlib
 
@@ -169,12 +190,7 @@ def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for agg in aggregates:
-        marker = "o" if len(agg.x) < 12 else None
-        (handle,) = ax.plot(agg.x, agg.mean, marker=marker, label=f"{agg.line}, {agg.seeds} seeds")
-        ax.fill_between(
-            agg.x, agg.mean - agg.stderr, agg.mean + agg.stderr, alpha=0.25, color=handle.get_color()
-        )
+    draw_lines(ax, aggregates)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
+from lop_ray import storage
 from lop_ray.schema import SweepError, validate_sweep
 from lop_ray.sweep_record import SWEEP_FILE
 from lop_ray.tracking import STEP_METRIC, TRIAL_INDEX_TAG, quiet_mlflow_environment, ui_command
@@ -119,12 +121,10 @@ def print_status(location: str) -> int:
 
 
 def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if "://" in location:
-        fs, path = pyarrow.fs.FileSystem.from_uri(location)
-        return fs, path.rstrip("/")
-    from pathlib import Path
-
-    return pyarrow.fs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+    try:
+        return storage.filesystem(location)  # S3: the endpoint override as the sweep used it
+    except storage.StorageError as error:
+        raise SweepError(location, [str(error)]) from None
 
 
 def _read_json(fs: pyarrow.fs.FileSystem, path: str) -> Any:
@@ -160,6 +160,12 @@ def _tune_trials(fs: pyarrow.fs.FileSystem, root: str) -> dict[int, dict[str, An
 
 def _mlflow_runs(tracking: dict[str, Any]) -> dict[int, tuple[str, int]]:
     """Trial index → (MLflow run id, steps it holds)."""
+    database = tracking["uri"].removeprefix("sqlite:///")
+    if tracking["uri"].startswith("sqlite:///") and not Path(database).exists():  # MLflow would make one
+        raise SweepError(
+            tracking["uri"],
+            [f"{database}: the sweep's MLflow store is not on this machine (the driver's `MLflow:` line)"],
+        )
     client = MlflowClient(tracking["uri"])
     runs = client.search_runs(
         [tracking["experiment_id"]],

@@ -8,6 +8,7 @@ DIR` needs nothing else), and, with the embedded store, MLflow's sqlite database
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from ray import tune
 from rich.console import Console
 from rich.table import Table
 
-from lop_ray import report
-from lop_ray.progress import SweepProgress
+from lop_ray import report, storage
+from lop_ray.progress import QUIET_ENV, SweepProgress
 from lop_ray.schema import Sweep, SweepError
 from lop_ray.sweep_record import SWEEP_FILE, read_sweep_record, write_sweep_record
 from lop_ray.tracking import (
@@ -42,7 +43,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 @dataclass
 class SweepOutcome:
-    results_dir: Path
+    results_dir: Path | str  # an s3:// URI for a sweep stored on S3
     tracking_uri: str
     parent_run_id: str
     errors: int
@@ -50,17 +51,28 @@ class SweepOutcome:
     aggregates: list[report.Aggregate]
 
 
-def results_dir_of(sweep: Sweep) -> Path:
-    if sweep.storage.startswith("s3://"):
-        raise SweepError(sweep.path, [f"{sweep.path}: storage: s3:// storage is not supported yet"])
+def results_dir_of(sweep: Sweep) -> Path | str:
+    """`<storage>/<name>`: a local directory, or an s3:// URI whose bucket exists (checked here,
+    before anything runs; a bad URI or a missing bucket is an error naming `storage`)."""
+    try:
+        storage.check_location(sweep.storage)
+    except storage.StorageError as error:
+        raise SweepError(sweep.path, [f"{sweep.path}: {error}"]) from None
+    if storage.is_remote(sweep.storage):
+        return storage.join(sweep.storage, sweep.name)
     return Path(sweep.storage).expanduser().resolve() / sweep.name
 
 
 def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
-    """Start a new sweep. Refuses (before anything runs) if its results directory already holds one."""
+    """Start a new sweep. Refuses (before anything runs) if its results directory already holds one.
+
+    On S3 storage, Tune's state, the checkpoints and the sweep record are objects under
+    `<storage>/<name>`; MLflow logs to `tracking_uri`, or without one to a sqlite store beside the
+    driver (`storage.driver_dir`) with its artifacts on S3, which only a one-machine Ray can reach."""
     quiet_mlflow_environment()
     results_dir = results_dir_of(sweep)
-    if (results_dir / SWEEP_FILE).exists():
+    remote = storage.is_remote(results_dir)
+    if storage.read_text(results_dir, SWEEP_FILE) is not None:
         raise SweepError(
             sweep.path,
             [
@@ -69,10 +81,18 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
                 "name or --storage"
             ],
         )
-    results_dir.mkdir(parents=True, exist_ok=True)
-    tracking_uri = sweep.tracking_uri or embedded_tracking_uri(results_dir)
+    local_dir = storage.driver_dir(results_dir)
+    tracking_uri = sweep.tracking_uri or embedded_tracking_uri(local_dir)
+    if remote and _on_the_drivers_disk(tracking_uri):
+        _connect_ray()
+        _refuse_a_driver_local_store_on_a_cluster(sweep.path, sweep.storage)
+    local_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri)
-    artifacts = (results_dir / "mlartifacts").as_uri() if sweep.tracking_uri is None else None
+    artifacts = None
+    if sweep.tracking_uri is None:
+        artifacts = (
+            storage.join(results_dir, "mlartifacts") if remote else (results_dir / "mlartifacts").as_uri()
+        )
     experiment_id = ensure_experiment(client, sweep.name, artifacts)
     parent_run_id = start_sweep_run(client, experiment_id, sweep.name, sweep.problem, sweep.document)
     tracking = {
@@ -83,6 +103,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
     }
     write_sweep_record(results_dir, sweep, tracking)
     _announce(results_dir, tracking_uri, sweep, quiet)
+    fs, fs_path = storage.filesystem(results_dir)
     tuner = tune.Tuner(
         _trainable(sweep),
         param_space={"trials": tune.grid_search(sweep.groups), "tracking": tracking},
@@ -93,7 +114,8 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
         ),
         run_config=tune.RunConfig(
             name=sweep.name,
-            storage_path=str(results_dir.parent),
+            storage_path=fs_path.rsplit("/", 1)[0] if remote else str(results_dir.parent),
+            storage_filesystem=fs if remote else None,
             stop={"training_iteration": sweep.steps_per_trial},
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=sweep.checkpoint_every, checkpoint_at_end=True, num_to_keep=2
@@ -106,7 +128,8 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
             verbose=0,
         ),
     )
-    _connect_ray()
+    _connect_ray(quiet)
+    os.environ[QUIET_ENV] = "1" if quiet else "0"
     grid = tuner.fit()
     return _finish(sweep, results_dir, tracking, grid, quiet)
 
@@ -114,14 +137,60 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
 def resume_sweep(results_dir: str | Path, quiet: bool = False) -> SweepOutcome:
     """Continue an interrupted sweep: unfinished and errored trials resume from their checkpoints."""
     quiet_mlflow_environment()
-    results_dir = Path(results_dir).expanduser().resolve()
     record = read_sweep_record(results_dir)
+    remote = storage.is_remote(results_dir)
+    results_dir = storage.normalize(results_dir) if remote else Path(storage.normalize(results_dir))
     sweep, tracking = record.sweep, record.tracking
+    if remote and tracking["uri"].startswith("sqlite:"):
+        _refuse_a_missing_driver_local_store(results_dir, tracking["uri"])
     _announce(results_dir, tracking["uri"], sweep, quiet)
-    _connect_ray()
-    tuner = tune.Tuner.restore(str(results_dir), trainable=_trainable(sweep), resume_errored=True)
+    _connect_ray(quiet)
+    os.environ[QUIET_ENV] = "1" if quiet else "0"
+    if remote and _on_the_drivers_disk(tracking["uri"]):
+        _refuse_a_driver_local_store_on_a_cluster(str(results_dir), str(results_dir))
+    fs, fs_path = storage.filesystem(results_dir)
+    tuner = tune.Tuner.restore(
+        fs_path if remote else str(results_dir),
+        trainable=_trainable(sweep),
+        resume_errored=True,
+        storage_filesystem=fs if remote else None,
+    )
     grid = tuner.fit()
     return _finish(sweep, results_dir, tracking, grid, quiet)
+
+
+def _on_the_drivers_disk(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+
+
+def _refuse_a_driver_local_store_on_a_cluster(where: str, storage_uri: str) -> None:
+    """An S3 sweep's sqlite or file store (the default one included) is on the driver's disk; trials
+    on other nodes would each log to a store of their own, so on a multi-node Ray it is refused."""
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) > 1:
+        raise SweepError(
+            where,
+            [
+                f"{where}: tracking_uri: storage {storage_uri} on a {len(nodes)}-node Ray cluster needs an "
+                "MLflow server that every node reaches (a sqlite or file store is on the driver's disk): "
+                "start `lop-ray mlflow-server` on the head and set tracking_uri: http://HEAD-IP:5000"
+            ],
+        )
+
+
+def _refuse_a_missing_driver_local_store(results_dir: str, tracking_uri: str) -> None:
+    """An S3 sweep's default MLflow store is on the machine that started it; resumed elsewhere, a new
+    empty store would give every trial a second run."""
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not database.exists():
+        raise SweepError(
+            results_dir,
+            [
+                f"{results_dir}: its MLflow store {database} is not on this machine (an S3 sweep without "
+                "tracking_uri keeps it beside the driver that started it): resume it there, or copy the "
+                "file to that path first"
+            ],
+        )
 
 
 def _trainable(sweep: Sweep):
@@ -165,17 +234,20 @@ def _trial_dirname(trial) -> str:
     return "_".join(p for p in parts if p).replace("/", "-")
 
 
-def _connect_ray() -> None:
+def _connect_ray(quiet: bool = False) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    level = logging.WARNING if quiet else logging.INFO  # quiet: no start-up chatter in job logs
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=level)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, log_to_driver=True, logging_level=level)
 
 
-def _announce(results_dir: Path, tracking_uri: str, sweep: Sweep, quiet: bool) -> None:
+def _announce(results_dir: Path | str, tracking_uri: str, sweep: Sweep, quiet: bool) -> None:
+    if quiet:  # the summary at the end names the same paths
+        return
     print(
         f"{sweep.name}: {_trial_count(sweep)} × {sweep.steps_per_trial} steps\n"
         f"  results: {results_dir}\n  MLflow:  {tracking_uri}\n  UI:      {ui_command(tracking_uri)}",
@@ -184,13 +256,17 @@ def _announce(results_dir: Path, tracking_uri: str, sweep: Sweep, quiet: bool) -
     )
 
 
-def _finish(sweep: Sweep, results_dir: Path, tracking: dict[str, Any], grid, quiet: bool) -> SweepOutcome:
+def _finish(
+    sweep: Sweep, results_dir: Path | str, tracking: dict[str, Any], grid, quiet: bool
+) -> SweepOutcome:
     release_shared_datasets()
     errors = len(grid.errors)
     client = MlflowClient(tracking["uri"])
     title = f"{sweep.name}: {sweep.problem}"
     records = report.load_trial_records(results_dir)
-    figure, aggregates = report.headline_figure(records, sweep.problem, title, results_dir)
+    figure, aggregates = report.headline_figure(
+        records, sweep.problem, title, storage.driver_dir(results_dir)
+    )
     if figure is not None:
         client.log_artifact(tracking["parent_run_id"], str(figure))
     client.set_terminated(tracking["parent_run_id"], status="FAILED" if errors else "FINISHED")

@@ -96,6 +96,13 @@ def trial_run_name(trial: Mapping[str, Any]) -> str:
     return " ".join(part for part in (trial["label"], varying, f"seed={trial['seed']}") if part)
 
 
+def trial_line(trial: Mapping[str, Any]) -> str:
+    """The line a trial belongs to in `lop-ray report`'s figures: its label and what varies, not its
+    seed. As a tag it is what MLflow's runs table groups the seeds of one configuration by."""
+    varying = ", ".join(f"{k}={v}" for k, v in trial["varying"].items())
+    return f"{trial['label']} ({varying})" if varying else trial["label"]
+
+
 class TrialTracker:
     """The MLflow run of one trial, created on first use or re-attached after a restore."""
 
@@ -136,8 +143,11 @@ class TrialTracker:
             "seed": str(trial["seed"]),
             "fidelity": trial["fidelity"],
             "git_commit": tracking.get("git_commit", "unknown"),
+            "line": trial_line(trial),
             **{f"varying.{k}": str(v) for k, v in trial["varying"].items()},
         }
+        for key, value in flatten(trial["hyperparameters"]).items():  # `tags.step_size = '0.01'`
+            tags.setdefault(key, value)
         run = self.client.create_run(tracking["experiment_id"], run_name=trial_run_name(trial), tags=tags)
         return run.info.run_id  # its params are logged by __init__, which also repairs a half-made run
 

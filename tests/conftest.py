@@ -34,7 +34,8 @@ def write_sweep(path: Path, text: str) -> Path:
     return path
 
 
-TINY_REGRESSION = """\
+# a regression problem small enough for a sweep test: 2 steps of 150 examples per 300-example task
+TINY_REGRESSION_HEAD = """\
 name: {name}
 problem:
   name: slowly_changing_regression
@@ -42,6 +43,10 @@ problem:
   examples_per_step: 150
 network:
   activation: relu
+"""
+TINY_REGRESSION = (
+    TINY_REGRESSION_HEAD
+    + """\
 seeds: [0, 1]
 num_tasks: {num_tasks}
 algorithms:
@@ -55,6 +60,7 @@ algorithms:
 resources: {{cpu: 1}}
 storage: {storage}
 """
+)
 
 
 def logged_sweep(results_dir: Path, sweep_text: str, rows_of) -> Path:

@@ -23,20 +23,15 @@ from lop_ray.schema import load_sweep
 from lop_ray.status import sweep_status
 from lop_ray.tracking import embedded_tracking_uri
 from lop_ray.trial_checkpoints import CHECKPOINT_FILE
-from tests.conftest import write_sweep
+from tests.conftest import TINY_REGRESSION_HEAD, write_sweep
 from tests.test_resume import LOP_RAY, _kill_session, _session_processes
 from tests.test_sweep_ray import assert_runs_match_reference
 
 pytestmark = pytest.mark.slow
 
-FAULT_SWEEP = """\
-name: {name}
-problem:
-  name: slowly_changing_regression
-  flip_after: 300
-  examples_per_step: 150
-network:
-  activation: relu
+FAULT_SWEEP = (
+    TINY_REGRESSION_HEAD
+    + """\
 seeds: [0]
 num_tasks: {num_tasks}
 algorithms:
@@ -51,6 +46,7 @@ resources: {{cpu: 1}}
 max_failures: {max_failures}
 storage: {storage}
 """
+)
 
 
 def _start_sweep(
@@ -361,3 +357,78 @@ def test_a_worker_node_killed_mid_sweep_on_a_token_authenticated_cluster(tmp_pat
                 _kill_session(node.pid)
             if node is not None:
                 node.wait()
+
+
+def test_d_s3_endpoint_down_30_s_while_checkpoints_are_written(tmp_path, ray_tmp, s3_bucket):
+    """(d) The sweep stores its checkpoints on S3 (moto's server) reached through a TCP forwarder on
+    127.0.0.1; the forwarder is stopped for 30 s (connections refused; moto and its bucket live on)
+    while the trials checkpoint every step. A checkpoint upload that fails fails its trial, and Tune
+    retries it (FailureConfig.max_failures) from its last good checkpoint once S3 answers again."""
+    from urllib.parse import urlparse
+
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import EndpointConnectionError
+
+    from lop_ray.sweep_record import read_sweep_record
+    from tests.test_s3_storage import (
+        TcpForwarder,
+        s3_checkpoint_steps,
+        start_s3_sweep,
+        wait_for_s3_checkpoints,
+    )
+
+    moto = urlparse(os.environ["AWS_ENDPOINT_URL"])
+    forwarder = TcpForwarder((moto.hostname, moto.port))
+    forwarder.start()
+    sweep, driver, log = start_s3_sweep(
+        tmp_path,
+        "s3down",
+        num_tasks=12,
+        env={"AWS_ENDPOINT_URL": forwarder.url},  # the driver, Ray and the trials reach S3 through it
+        extra="max_failures: 20\n",
+    )
+    uri = f"{s3_bucket}/sweeps/s3down"
+    try:
+        wait_for_s3_checkpoints("s3down", driver, log, steps=2)
+        before = s3_checkpoint_steps("sweeps/s3down/")
+        forwarder.stop()
+        down_at = time.monotonic()
+        through_forwarder = boto3.client(
+            "s3", endpoint_url=forwarder.url, config=Config(retries={"max_attempts": 1})
+        )
+        with pytest.raises(EndpointConnectionError):  # really unreachable
+            through_forwarder.list_objects_v2(Bucket="lop-data")
+        time.sleep(30 - (time.monotonic() - down_at))
+        during = s3_checkpoint_steps("sweeps/s3down/")
+        forwarder.start()
+        up_at = time.monotonic()
+        # recovery: every trial's checkpoints in the bucket move past where they stood when it went up
+        while True:
+            now = s3_checkpoint_steps("sweeps/s3down/")
+            if all(now.get(t, 0) > during.get(t, 0) or now.get(t, 0) == sweep.steps_per_trial for t in now):
+                break
+            assert time.monotonic() - up_at < 300 and driver.poll() is None, log.read_text()
+            time.sleep(0.2)
+        writing_at = time.monotonic()
+        assert _wait(driver, log) == 0, log.read_text()
+        done_at = time.monotonic()
+    finally:
+        forwarder.stop()
+
+    tracking_uri = read_sweep_record(uri).tracking["uri"]
+    assert_runs_match_reference(tracking_uri, sweep)
+    os.environ["LOP_RAY_HOME"] = str(tmp_path / "home")
+    try:
+        statuses, _ = sweep_status(uri)
+    finally:
+        del os.environ["LOP_RAY_HOME"]
+    assert [s.state for s in statuses] == ["FINISHED"] * len(sweep.trials)
+    failures = sum(s.failures for s in statuses)
+    assert failures >= 1  # the outage failed a checkpoint upload, which Tune retried
+    print(
+        f"\n(d) S3 endpoint down {up_at - down_at:.1f} s (checkpoints before {before}, at the end of the "
+        f"outage {during}); every trial writing checkpoints again {writing_at - up_at:.1f} s after it "
+        f"answered; sweep complete {done_at - up_at:.1f} s after; {failures} trial failure(s) retried",
+        file=sys.stderr,
+    )

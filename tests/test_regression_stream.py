@@ -97,6 +97,15 @@ def test_target_output_by_hand_on_stream_inputs():
     assert len(set(expected)) > 1  # not a degenerate constant target
 
 
+@pytest.mark.parametrize("mode", ["redraw", "flip_one"])
+def test_looked_up_targets_equal_the_target_network_on_every_example(mode):
+    # periods longer than the 2^5 fast-bit patterns take their targets from a table
+    stream = RegressionStream(RegressionSettings(flip_after=1000, bit_change=mode), seed=5)
+    x, y = stream.take(3000)
+    assert torch.equal(y, stream.target(x))
+    assert len(torch.unique(y)) > 1
+
+
 def test_target_fires_only_when_strictly_above_threshold():
     """m = 4 and β = 0.5 make τ = 2.5 − S an integer (S is a half-integer), so integer
     pre-activations can equal it; enumerating all 16 inputs must hit such ties, which must not

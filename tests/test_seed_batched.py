@@ -17,6 +17,7 @@ from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
 from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 from lop_ray.nets import MLP
+from lop_ray.nets.one_example_kernel import ACTIVATION_CODES
 from lop_ray.nets.seed_batched_mlp import SeedBatchedMLP
 
 
@@ -86,6 +87,59 @@ def test_batched_network_starts_as_each_seeds_own_network_and_matches_autograd()
             torch.testing.assert_close(got[s], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", sorted(ACTIVATION_CODES))
+def test_compiled_one_example_step_matches_autograd_for_every_activation(activation):
+    # regression's 20 → 5 → 1 at one example per seed takes the compiled path (one_example_kernel)
+    seeds = (0, 1, 2)
+    net = SeedBatchedMLP([20, 5, 1], activation, [torch.Generator().manual_seed(s) for s in seeds])
+    data = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3, 1, 20, generator=data), torch.randn(3, 1, 1, generator=data)
+    assert net._compiled_step(x, F.mse_loss) is not None
+    loss, output, (hidden,), grads = net.loss_and_gradients(x, y, F.mse_loss)
+    for s in seeds:
+        single = MLP([20, 5, 1], activation, generator=torch.Generator().manual_seed(s))
+        expected_output, (expected_hidden,) = single(x[s])
+        expected_loss = F.mse_loss(expected_output, y[s])
+        expected = torch.autograd.grad(expected_loss, list(single.parameters()))
+        # float32 rounding apart (sums in index order; numba's exp and tanh against PyTorch's)
+        assert loss[s].item() == pytest.approx(expected_loss.item(), rel=1e-4)
+        torch.testing.assert_close(output[s], expected_output.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(hidden[s], expected_hidden.detach(), rtol=1e-5, atol=1e-6)
+        for got, want in zip(grads, expected, strict=True):
+            torch.testing.assert_close(got[s], want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("examples", "weight_decay"), [(1, 0.0), (1, 0.01), (3, 0.0), (3, 0.01)])
+def test_fused_sgd_step_is_the_gradient_step_followed_by_sgd(examples, weight_decay):
+    from lop_ray.algos.optim import SGD
+
+    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    fused = SeedBatchedMLP([70, 80, 10], "relu", generators)  # 70 × 80 is beyond the small layers
+    stepped, initial = copy.deepcopy(fused), copy.deepcopy(fused)
+    x, y = torch.randn(2, examples, 70), torch.randint(0, 10, (2, examples))
+    loss, output, activations, grads = stepped.loss_and_gradients(x, y, F.cross_entropy)
+    SGD(stepped.parameters(), lr=0.1, weight_decay=weight_decay).apply_gradients(grads)
+    fused_loss, fused_output, fused_activations = fused.fused_sgd_step(
+        x, y, F.cross_entropy, 0.1, weight_decay
+    )
+    assert torch.equal(fused_loss, loss) and torch.equal(fused_output, output)
+    assert torch.equal(fused_activations[0], activations[0])
+    for got, want, before in zip(fused.parameters(), stepped.parameters(), initial.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(got, before)
+
+
+def test_compiled_step_is_not_taken_where_it_does_not_apply():
+    two_hidden = SeedBatchedMLP([20, 5, 5, 1], "relu", [torch.Generator().manual_seed(0)])
+    selu = SeedBatchedMLP([20, 5, 1], "selu", [torch.Generator().manual_seed(0)])
+    one_hidden = SeedBatchedMLP([20, 5, 1], "relu", [torch.Generator().manual_seed(0)])
+    x = torch.randn(1, 1, 20)
+    assert two_hidden._compiled_step(x, F.mse_loss) is None
+    assert selu._compiled_step(x, F.mse_loss) is None
+    assert one_hidden._compiled_step(x, F.cross_entropy) is None
+    assert one_hidden.double()._compiled_step(x.double(), F.mse_loss) is None
+
+
 @pytest.mark.parametrize("name", ["snp_sgd", "cbp_probabilistic", "cbp_random_accumulate"])
 def test_resumed_batch_continues_bit_identically(name):
     config = _config(LEARNERS[name])
@@ -109,6 +163,20 @@ def test_counter_based_draws_depend_on_key_counter_stream_and_element_only():
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
     z = normal(keys, 0, 0, 100_000)
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
+
+
+@pytest.mark.parametrize("counter", [0, 5, 2**32 - 1, torch.arange(100, 140)])
+def test_compiled_cpu_draws_are_the_integer_hash_every_device_computes(counter):
+    # the CPU takes a compiled loop; other devices the tensor expression: the same integers
+    from lop_ray.algos.counter_rng import _MASK32, hash32
+
+    keys = seed_keys([0, 3, 11])
+    counters = torch.as_tensor(counter)
+    for stream in (0, 7):
+        salt = hash32((counters * 0x9E3779B1 + stream * 0x85EBCA77) & _MASK32)
+        base = hash32(keys.reshape(-1, *([1] * counters.dim())) ^ salt).unsqueeze(-1)
+        expected = hash32(hash32((base + torch.arange(33)) & _MASK32) ^ base)
+        assert torch.equal(random_bits(keys, counter, stream, 33), expected)
 
 
 def test_block_drawn_noise_is_a_function_of_seed_and_step_only():

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 LEARNERS = {
     "bp": {},
+    "l2": {"algorithm": "l2", "weight_decay": 1e-3},
     "l2_momentum": {"algorithm": "l2", "weight_decay": 1e-3, "momentum": 0.9},
     "cbp_adam": {
         "algorithm": "cbp",
@@ -39,10 +40,11 @@ def _config(seed: int = 0, hidden_units: int = 16, **learner) -> PermutedMNISTCo
     return PermutedMNISTConfig(seed=seed, hidden_units=hidden_units, probe_examples=40, learner=settings)
 
 
-# 16 hidden units take the broadcast path of small layers, 80 the batched matrix products
+# 16 hidden units take the broadcast path of small layers, 80 the batched matrix products (with
+# plain SGD, bp and l2, the update fused into the backward pass)
 @pytest.mark.parametrize(
     ("name", "hidden_units"),
-    [("bp", 16), ("l2_momentum", 16), ("cbp_adam", 16), ("bp", 80), ("cbp_adam", 80)],
+    [("bp", 16), ("l2_momentum", 16), ("cbp_adam", 16), ("bp", 80), ("l2", 80), ("cbp_adam", 80)],
 )
 def test_each_seed_of_a_batch_gets_what_it_gets_alone(digits, name, hidden_units):
     config = _config(hidden_units=hidden_units, **LEARNERS[name])
@@ -56,10 +58,13 @@ def test_each_seed_of_a_batch_gets_what_it_gets_alone(digits, name, hidden_units
         assert all(step["replaced_units"] > 0 for step in together[-1])
 
 
-@pytest.mark.parametrize("name", sorted(LEARNERS))
-def test_a_batch_of_one_follows_the_single_seed_experiment(digits, name):
-    batched = SeedBatchedPermutedMNISTExperiment(_config(seed=3, **LEARNERS[name]), [3], digits)
-    single = PermutedMNISTExperiment(_config(seed=3, **LEARNERS[name]), digits)
+@pytest.mark.parametrize(
+    ("name", "hidden_units"), [(name, 16) for name in sorted(LEARNERS)] + [("bp", 80), ("l2", 80)]
+)
+def test_a_batch_of_one_follows_the_single_seed_experiment(digits, name, hidden_units):
+    config = _config(seed=3, hidden_units=hidden_units, **LEARNERS[name])
+    batched = SeedBatchedPermutedMNISTExperiment(config, [3], digits)
+    single = PermutedMNISTExperiment(config, digits)
     for _ in range(3):
         got, expected = batched.run_step()[0], single.run_step()
         assert got.keys() == expected.keys()

@@ -47,9 +47,19 @@ class Backprop:
             a is b for a, b in zip(self._params, net.parameters(), strict=False)
         )
         self._hand_gradients = getattr(net, "loss_and_gradients", None) if same_order else None
+        # a stateless SGD update may be fused into the backward pass (large seed-batched layers)
+        stateless = getattr(optimizer, "stateless_update", None)
+        fused = getattr(net, "fused_sgd_step", None)
+        self._fused_sgd = (fused, stateless) if same_order and fused and stateless else None
 
     def learn(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on (x, y). Returns the loss and output of the forward pass *before* the update."""
+        if self._fused_sgd is not None and (update := self._fused_sgd[1]()) is not None:
+            fused = self._fused_sgd[0](x, y, self.loss_fn, *update)
+            if fused is not None:
+                loss, output, activations = fused
+                self._intervene(activations)
+                return loss, output
         computed = self._hand_gradients(x, y, self.loss_fn) if self._hand_gradients else None
         if computed is None:
             output, activations = self.net(x)
@@ -60,11 +70,14 @@ class Backprop:
         else:  # computed under no_grad: nothing to detach (each detach is a dispatch per step)
             loss, output, activations, grads = computed
         self._apply(grads)
+        self._intervene(activations)
+        return loss, output
+
+    def _intervene(self, activations: Sequence[torch.Tensor]) -> None:
         if self.interventions:
             with torch.no_grad():
                 for intervention in self.interventions:
                     intervention.after_step(activations)
-        return loss, output
 
     def _apply(self, grads: Sequence[torch.Tensor | None]) -> None:
         apply_gradients = getattr(self.optimizer, "apply_gradients", None)

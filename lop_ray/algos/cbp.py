@@ -13,6 +13,7 @@ all of it is returned by `state_dict` because exact resume depends on it.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -94,7 +95,9 @@ class ContinualBackprop:
         self.groups = list(groups)
         self.optimizer = optimizer
         self.config = config
-        self.generator = generator
+        # every draw (new weights, the probabilistic rule, `random` utilities) on the CPU
+        self.generator = cpu_generator(generator)
+        self._own_generator = self.generator is not generator  # then it is state of its own
         self.replaced_total = 0
         self.state: list[dict[str, torch.Tensor]] = []
         for group in self.groups:
@@ -147,8 +150,8 @@ class ContinualBackprop:
             state["bias_corrected_utility"] = utility
         elif cfg.util_type == "random":
             state["bias_corrected_utility"] = torch.rand(
-                group.width, generator=self.generator, device=age.device, dtype=mean_estimate.dtype
-            )
+                group.width, generator=self.generator, dtype=mean_estimate.dtype
+            ).to(age.device)
         else:
             state["utility"] += (1.0 - eta) * self._instantaneous_utility(group, h, mean_estimate)
             state["bias_corrected_utility"] = state["utility"] / bias_correction
@@ -164,7 +167,7 @@ class ContinualBackprop:
             count = int(math.floor(state["accumulated"].item()))
             state["accumulated"] -= count
         elif expected < 1.0:
-            draw = torch.rand(1, generator=self.generator, device=age.device).item()
+            draw = torch.rand(1, generator=self.generator).item()
             count = int(draw < expected)
         else:
             count = int(expected)
@@ -205,16 +208,12 @@ class ContinualBackprop:
         if self.config.bias_correction and outgoing.bias is not None:
             outgoing.bias += (group.outgoing_sum(units) * mean_estimate[units, None]).sum(dim=0)
         bound = init_bound(self.config.init, group.activation, group.fan_in, group.fan_out)
-        fresh = torch.empty(
-            (len(units), *incoming.weight.shape[1:]),
-            dtype=incoming.weight.dtype,
-            device=incoming.weight.device,
-        )
+        fresh = torch.empty((len(units), *incoming.weight.shape[1:]), dtype=incoming.weight.dtype)
         if self.config.init_distribution == "normal":
             fresh.normal_(0.0, bound / math.sqrt(3.0), generator=self.generator)
         else:
             fresh.uniform_(-bound, bound, generator=self.generator)
-        incoming.weight[units] = fresh
+        incoming.weight[units] = fresh.to(incoming.weight.device)
         if incoming.bias is not None:
             incoming.bias[units] = 0.0
         outgoing.weight[:, group.outgoing_columns(units)] = 0.0
@@ -237,11 +236,14 @@ class ContinualBackprop:
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "config": asdict(self.config),
             "replaced_total": self.replaced_total,
             "groups": [{k: v.clone() for k, v in s.items()} for s in self.state],
         }
+        if self._own_generator:  # a shared CPU generator is saved by its owner
+            state["cpu_generator"] = self.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["config"] != asdict(self.config):
@@ -252,9 +254,30 @@ class ContinualBackprop:
         for mine, saved in zip(self.state, state["groups"], strict=True):
             for key, value in saved.items():
                 mine[key] = value.to(mine[key].device).clone()
+        if self._own_generator and "cpu_generator" in state:
+            self.generator.set_state(state["cpu_generator"].cpu())
 
 
 _NO_UNITS = torch.zeros(0, dtype=torch.long)
+
+
+def cpu_generator(generator: torch.Generator) -> torch.Generator:
+    """The generator CBP draws from: `generator` itself on the CPU; for another device's generator,
+    a CPU generator with its seed. CUDA's generator draws other numbers than the CPU's from the same
+    seed, so drawing there would make new units depend on the device; drawn on the CPU, a CUDA run
+    follows the CPU run. One per generator: learners that share a generator (PPO's policy and value
+    CBP) share its CPU generator, drawing in turn as on the CPU. It takes the seed, not the
+    position: give it a generator nothing has drawn from (the experiments build CBP right after
+    creating the learner's generator)."""
+    if generator.device.type == "cpu":
+        return generator
+    twin = _CPU_GENERATORS.get(generator)
+    if twin is None:
+        twin = _CPU_GENERATORS[generator] = torch.Generator().manual_seed(generator.initial_seed())
+    return twin
+
+
+_CPU_GENERATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def age_and_decay(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numba
+import numpy as np
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -32,6 +34,30 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+@numba.njit(cache=True, inline="always")
+def _scalar_hash32(x: np.uint64) -> np.uint64:
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & np.uint64(_MASK32)
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & np.uint64(_MASK32)
+    return x ^ (x >> np.uint64(16))
+
+
+@numba.njit(cache=True)
+def _compiled_random_bits(keys: np.ndarray, counters: np.ndarray, stream: int, out: np.ndarray) -> None:
+    """`random_bits` on the CPU: the same hash on each (key, counter, element), in uint64 (products
+    of two 32-bit values fit), written into `out` (S, K, count)."""
+    mask = np.uint64(_MASK32)
+    stream_term = np.uint64(stream) * np.uint64(0x85EBCA77)
+    for k in range(counters.shape[0]):
+        salt = _scalar_hash32((np.uint64(counters[k]) * np.uint64(0x9E3779B1) + stream_term) & mask)
+        for s in range(keys.shape[0]):
+            base = _scalar_hash32(np.uint64(keys[s]) ^ salt)
+            for e in range(out.shape[2]):
+                value = _scalar_hash32((base + np.uint64(e)) & mask)
+                out[s, k, e] = np.int64(_scalar_hash32(value ^ base))
+
+
 def seed_keys(seeds: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """One 32-bit key per seed (int64 tensor of shape (S,))."""
     from lop_ray.data.seeding import LEARNER, derived_seed
@@ -43,6 +69,10 @@ def random_bits(keys: torch.Tensor, counter: int | torch.Tensor, stream: int, co
     """(S, count) independent 32-bit values, a function of (key, counter, stream, element) only;
     with a 1-D tensor of K counters, (S, K, count): the same values as K calls."""
     counters = torch.as_tensor(counter, device=keys.device)
+    if keys.device.type == "cpu":  # the same integers from one compiled loop (~60 tensor ops here)
+        bits = torch.empty((len(keys), counters.numel(), count), dtype=torch.int64)
+        _compiled_random_bits(keys.numpy(), counters.reshape(-1).numpy(), stream, bits.numpy())
+        return bits.reshape(len(keys), *counters.shape, count)
     salt = hash32((counters * 0x9E3779B1 + stream * 0x85EBCA77) & _MASK32)
     base = hash32(keys.reshape(-1, *([1] * counters.dim())) ^ salt).unsqueeze(-1)
     element = torch.arange(count, device=keys.device)

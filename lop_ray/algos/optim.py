@@ -121,6 +121,14 @@ class SGD(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer API
         return _step_from_grad_attributes(self, closure)
 
+    def stateless_update(self) -> tuple[float, float] | None:
+        """(lr, weight decay) when an update is W ← W − lr·(g + wd·W) for every parameter (one group,
+        no momentum): then a network may add its gradient straight into its weights
+        (`SeedBatchedMLP.fused_sgd_step`) instead of handing it over."""
+        if len(self.param_groups) != 1 or self.param_groups[0]["momentum"]:
+            return None
+        return self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]
+
     @torch.no_grad()
     def apply_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:
         """One update with `grads` given in the order of the parameters (see `Backprop.learn`)."""

@@ -98,11 +98,23 @@ class RegressionStream:
             flip = torch.randint(0, s.num_slow_bits, (1,), generator=gen)
             slow[flip] = 1.0 - slow[flip]
         num_fast = s.num_inputs - s.num_slow_bits
-        fast = torch.randint(0, 2, (s.flip_after, num_fast), generator=gen).float()
-        x = torch.cat([slow.expand(s.flip_after, -1), fast], dim=1)
+        fast_bits = torch.randint(0, 2, (s.flip_after, num_fast), generator=gen)
+        x = torch.cat([slow.expand(s.flip_after, -1), fast_bits.float()], dim=1)
         self._period_index = period
-        self._period = (x, self.target(x))
+        self._period = (x, self._targets(slow, fast_bits, x))
         return self._period
+
+    def _targets(self, slow: torch.Tensor, fast_bits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Within a period only the fast bits vary, so the target takes at most 2^fast values: look
+        them up instead of running the target network on every example (it was ~80 % of the
+        stream's cost). Exact either way: the target's arithmetic is on small integers."""
+        num_fast = fast_bits.shape[1]
+        if 2**num_fast >= len(fast_bits):
+            return self.target(x)
+        place_values = 2 ** torch.arange(num_fast - 1, -1, -1)
+        patterns = (torch.arange(2**num_fast).unsqueeze(1) // place_values) % 2
+        table = self.target(torch.cat([slow.expand(len(patterns), -1), patterns.float()], dim=1))
+        return table[(fast_bits * place_values).sum(dim=1)]
 
     def state_dict(self) -> dict[str, Any]:
         """Position and the slow bits the current period was derived from; the period's examples

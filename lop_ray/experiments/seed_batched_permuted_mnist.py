@@ -71,10 +71,8 @@ class SeedBatchedPermutedMNISTExperiment:
             loss_sum += losses.sum(dim=0, dtype=torch.float64)
         self.steps_done += 1
         seen = self.streams[0].examples_per_task
-        weights = [layer.weight.detach() for layer in self.net.layers]
-        count = sum(w[0].numel() for w in weights)
-        for s, seed_metrics in enumerate(metrics):
-            sums = [w[s].abs().sum().item() for w in weights]
+        count = self.net.weights_per_seed
+        for s, (seed_metrics, sums) in enumerate(zip(metrics, self.net.weight_abs_sums(), strict=True)):
             seed_metrics.update(
                 accuracy=int(correct[s]) / seen,
                 loss=float(loss_sum[s]) / seen,

@@ -43,9 +43,8 @@ class SeedBatchedRegressionExperiment:
         self.steps_done += 1
         # per seed, each reduction over one contiguous row: the same sums whatever S is
         errors = [row.mean().item() for row in torch.stack(losses, dim=1)]
-        weights = [layer.weight.detach() for layer in self.net.layers]
-        count = sum(w[0].numel() for w in weights)
-        magnitude = [sum(w[s].abs().sum().item() for w in weights) / count for s in range(len(self.seeds))]
+        count = self.net.weights_per_seed
+        magnitude = [sum(sums) / count for sums in self.net.weight_abs_sums()]
         examples = float(self.streams[0].position)
         metrics = [
             {"squared_error": error, "examples": examples, "weight_magnitude": mag}

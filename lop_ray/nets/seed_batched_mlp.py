@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from lop_ray.nets.activations import make_activation
 from lop_ray.nets.mlp import MLP
 from lop_ray.nets.mlp_gradients import DERIVATIVES
+from lop_ray.nets.one_example_kernel import ACTIVATION_CODES, one_hidden_layer_squared_error
 
 
 class SeedBatchedLinear(nn.Module):
@@ -32,6 +33,10 @@ class SeedBatchedLinear(nn.Module):
 
 
 class SeedBatchedMLP(nn.Module):
+    # one-hidden-layer regression nets step through `one_example_kernel`; False keeps PyTorch ops
+    # (bench/seed_batching.py measures both)
+    use_compiled_step: bool = True
+
     def __init__(self, sizes: Sequence[int], activation: str, generators: Sequence[torch.Generator]) -> None:
         super().__init__()
         singles = [MLP(sizes, activation, generator=g) for g in generators]  # the per-seed init, exactly
@@ -54,6 +59,16 @@ class SeedBatchedMLP(nn.Module):
     def biases(self) -> list[nn.Parameter]:
         return [layer.bias for layer in self.layers]
 
+    def weight_abs_sums(self) -> list[list[float]]:
+        """Σ|W| of each layer, per seed (the weight-magnitude metric). Each seed's sums run over its
+        own slice alone, so they are what that seed gives alone, whatever the batch."""
+        weights = [w.detach() for w in self.weights]
+        return [[w[s].abs().sum().item() for w in weights] for s in range(self.num_seeds)]
+
+    @property
+    def weights_per_seed(self) -> int:
+        return sum(w[0].numel() for w in self.weights)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         activations = []
         for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
@@ -74,22 +89,23 @@ class SeedBatchedMLP(nn.Module):
             buffer = buffers[layer] = torch.empty_like(weight, memory_format=torch.contiguous_format)
         return buffer
 
-    @torch.no_grad()
     def loss_and_gradients(
         self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Per-seed losses (S,), outputs, hidden activations and gradients in `parameters()` order."""
+        arrays = self._compiled_step(x, loss_fn) if x.shape[1] == 1 else None
+        if arrays is not None:  # no autograd involved: no no_grad context to enter (~µs per step)
+            return self._compiled_one_example_gradients(x, target, arrays)
+        return self._torch_loss_and_gradients(x, target, loss_fn)
+
+    @torch.no_grad()
+    def _torch_loss_and_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         if x.shape[1] == 1 and all(w.shape[1] * w.shape[2] <= _SMALL for w in self.weights):
             return self._one_example_gradients(x, target, loss_fn)
         derivative = DERIVATIVES[self.activation_name]
-        inputs, pre_activations = [x], []
-        h = x
-        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
-            z = _linear(h, weight, bias)
-            h = self._activation_fn(z)
-            pre_activations.append(z)
-            inputs.append(h)
-        output = _linear(h, self.weights[-1], self.biases[-1])
+        inputs, pre_activations, output = self._forward_for_backward(x)
         loss, delta = _per_seed_loss_gradient(output, target, loss_fn)
         grads: list[torch.Tensor] = []
         one_example = x.shape[1] == 1  # a sum over one example is that example: a view, not a kernel
@@ -101,6 +117,53 @@ class SeedBatchedMLP(nn.Module):
                 delta = back * derivative(pre_activations[layer - 1], inputs[layer])
         grads.reverse()
         return loss, output, inputs[1:], grads
+
+    def _forward_for_backward(
+        self, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """(each layer's input, each hidden pre-activation, output): what the backward pass reads."""
+        inputs, pre_activations = [x], []
+        h = x
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+            z = _linear(h, weight, bias)
+            h = self._activation_fn(z)
+            pre_activations.append(z)
+            inputs.append(h)
+        return inputs, pre_activations, _linear(h, self.weights[-1], self.biases[-1])
+
+    @torch.no_grad()
+    def fused_sgd_step(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable, lr: float, weight_decay: float
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
+        """Forward, backward and a stateless SGD update in one pass over the layers, each weight
+        gradient added straight into its weights; (per-seed losses, outputs, hidden activations), or
+        None for small layers (the one-example paths are cheaper there).
+
+        For permuted MNIST's 2000 × 2000 layers a step's cost is moving weights: handing a gradient
+        to the optimizer writes an S × out × in tensor and reads it back, two of the six passes over
+        the weights; W ← (1 − lr·wd)·W − lr·δxᵀ in place leaves the four a step needs (forward,
+        backward, read and write). Each layer's δ for the layer below is taken before the update."""
+        if all(_small(x, w) for w in self.weights):
+            return None
+        derivative = DERIVATIVES[self.activation_name]
+        inputs, pre_activations, output = self._forward_for_backward(x)
+        loss, delta = _per_seed_loss_gradient(output, target, loss_fn)
+        one_example = x.shape[1] == 1
+        for layer in range(len(self.weights) - 1, -1, -1):
+            weight, bias = self.weights[layer], self.biases[layer]
+            back = _backward(delta, weight) if layer else None
+            if weight_decay:
+                weight.mul_(1.0 - lr * weight_decay)
+                bias.mul_(1.0 - lr * weight_decay)
+            if one_example:
+                weight.addcmul_(delta.transpose(1, 2), inputs[layer], value=-lr)
+                bias.sub_(delta.squeeze(1), alpha=lr)
+            else:
+                weight.baddbmm_(delta.transpose(1, 2), inputs[layer], alpha=-lr)
+                bias.sub_(delta.sum(dim=1), alpha=lr)
+            if layer:
+                delta = back * derivative(pre_activations[layer - 1], inputs[layer])
+        return loss, output, inputs[1:]
 
     def _one_example_gradients(
         self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
@@ -143,6 +206,65 @@ class SeedBatchedMLP(nn.Module):
                     delta = back * derivative(pre_activations[layer - 1], h)
         grads.reverse()
         return loss, output.unsqueeze(1), inputs[1:], grads
+
+    def _compiled_step(self, x: torch.Tensor, loss_fn: Callable) -> list | None:
+        """The compiled step's arrays (numpy views of the parameters and of reused buffers), or
+        None where it does not apply. Views are made once per parameter storage: a step is a few
+        tens of microseconds, and converting 14 tensors costs ~10 of them."""
+        if (
+            not self.use_compiled_step
+            or loss_fn is not F.mse_loss
+            or x.dtype != torch.float32
+            or x.device.type != "cpu"
+        ):
+            return None
+        parameters = self.__dict__.get("_parameter_tuple")
+        if parameters is None:  # the Parameter objects stay; `.to()` and friends swap their storage
+            parameters = self.__dict__["_parameter_tuple"] = tuple(self.parameters())
+        key = tuple(p.data_ptr() for p in parameters)
+        cached = self.__dict__.get("_compiled_step_arrays")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        applies = (
+            len(self.weights) == 2
+            and self.weights[1].shape[1] == 1
+            and self.activation_name in ACTIVATION_CODES
+            and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parameters)
+        )
+        arrays = None
+        if applies:
+            w1, w2 = self.weights
+            buffers = [
+                torch.empty_like(w1),
+                torch.empty(w1.shape[:2]),
+                torch.empty_like(w2),
+                torch.empty(w2.shape[:2]),
+                torch.empty(w1.shape[:2]),  # hidden activations
+            ]
+            arrays = [[p.detach().numpy() for p in parameters], buffers, [b.numpy() for b in buffers]]
+        self.__dict__["_compiled_step_arrays"] = (key, arrays)
+        return arrays
+
+    def _compiled_one_example_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, arrays: list
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The one-example step of a one-hidden-layer net as one compiled call (`one_example_kernel`).
+        Loss and output are fresh each step (callers keep them); the hidden activations and the
+        gradients live in buffers reused every step, which the optimizer and the interventions
+        consume within the step."""
+        parameters, buffers, buffer_arrays = arrays
+        seeds = x.shape[0]
+        loss, output = torch.empty(seeds), torch.empty(seeds, 1)
+        one_hidden_layer_squared_error(
+            x.view(seeds, -1).numpy(),
+            target.view(seeds).numpy(),
+            *parameters,
+            ACTIVATION_CODES[self.activation_name],
+            loss.numpy(),
+            output.numpy(),
+            *buffer_arrays,
+        )
+        return loss, output.unsqueeze(1), [buffers[4].unsqueeze(1)], buffers[:4]
 
 
 # Small layers at one example per seed (regression: 20 → 5 → 1) are cheaper as broadcast products
