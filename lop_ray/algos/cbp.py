@@ -90,7 +90,7 @@ class ContinualBackprop:
         groups: Sequence[UnitGroup],
         optimizer: torch.optim.Optimizer,
         config: CBPConfig,
-        generator: torch.Generator,
+        generator: torch.Generator | None,
     ) -> None:
         self.groups = list(groups)
         self.optimizer = optimizer
@@ -261,15 +261,15 @@ class ContinualBackprop:
 _NO_UNITS = torch.zeros(0, dtype=torch.long)
 
 
-def cpu_generator(generator: torch.Generator) -> torch.Generator:
+def cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
     """The generator CBP draws from: `generator` itself on the CPU; for another device's generator,
     a CPU generator with its seed. CUDA's generator draws other numbers than the CPU's from the same
     seed, so drawing there would make new units depend on the device; drawn on the CPU, a CUDA run
     follows the CPU run. One per generator: learners that share a generator (PPO's policy and value
     CBP) share its CPU generator, drawing in turn as on the CPU. It takes the seed, not the
     position: give it a generator nothing has drawn from (the experiments build CBP right after
-    creating the learner's generator)."""
-    if generator.device.type == "cpu":
+    creating the learner's generator). None (PyTorch's global CPU generator) stays None."""
+    if generator is None or generator.device.type == "cpu":
         return generator
     twin = _CPU_GENERATORS.get(generator)
     if twin is None:
