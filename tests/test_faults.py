@@ -384,7 +384,7 @@ def test_d_s3_endpoint_down_30_s_while_checkpoints_are_written(tmp_path, ray_tmp
     sweep, driver, log = start_s3_sweep(
         tmp_path,
         "s3down",
-        num_tasks=12,
+        num_tasks=20,  # still writing checkpoints when S3 goes down, however fast the machine
         env={"AWS_ENDPOINT_URL": forwarder.url},  # the driver, Ray and the trials reach S3 through it
         extra="max_failures: 20\n",
     )
@@ -399,7 +399,7 @@ def test_d_s3_endpoint_down_30_s_while_checkpoints_are_written(tmp_path, ray_tmp
         )
         with pytest.raises(EndpointConnectionError):  # really unreachable
             through_forwarder.list_objects_v2(Bucket="lop-data")
-        time.sleep(30 - (time.monotonic() - down_at))
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
         during = s3_checkpoint_steps("sweeps/s3down/")
         forwarder.start()
         up_at = time.monotonic()
@@ -415,6 +415,9 @@ def test_d_s3_endpoint_down_30_s_while_checkpoints_are_written(tmp_path, ray_tmp
         done_at = time.monotonic()
     finally:
         forwarder.stop()
+        if driver.poll() is None or _session_processes(driver.pid):  # a failed test leaves no sweep
+            _kill_session(driver.pid)
+            driver.wait()
 
     tracking_uri = read_sweep_record(uri).tracking["uri"]
     assert_runs_match_reference(tracking_uri, sweep)

@@ -56,6 +56,10 @@ class TcpForwarder:
     def stop(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            try:  # wakes the thread blocked in accept(); close() alone leaves the port listening
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         with self._lock:
             for sock in self._open:
