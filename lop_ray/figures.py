@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lop_ray.report import Aggregate, TrialRecord, aggregate, binned_metric, draw_lines
-from lop_ray.tracking import trial_run_name
+from lop_ray.tracking import trial_line, trial_run_name
 
 X, Y, W = "x", "y", "w"  # the keys of the derived rows a panel aggregates (W: the value's weight)
 NAMES_SHOWN = 8  # run names listed per missing-data message; the rest are counted
@@ -372,22 +372,25 @@ def unlogged(results_dirs: list[str | Path], records: list[TrialRecord]) -> list
         sweep = read_sweep_record(results_dir).sweep
         absent = [t for t in sweep.trials if (t["sweep"], t["trial_index"]) not in logged]
         if absent:
-            names = [trial_run_name(t) for t in absent]
-            more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
             messages.append(
                 f"{sweep.name}: {len(absent)} of {len(sweep.trials)} trial(s) have logged no step yet: "
-                f"{'; '.join(names[:NAMES_SHOWN])}{more}"
+                f"{_run_names(absent)}"
             )
     return messages
 
 
 def _missing(where: str, metric: str, lacking: list[TrialRecord], total: int) -> str:
-    names = [trial_run_name(r.trial) for r in lacking]
-    more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
     return (
         f"{where}: {metric} missing from {len(lacking)} of {total} trial(s): "
-        f"{'; '.join(names[:NAMES_SHOWN])}{more}"
+        f"{_run_names([r.trial for r in lacking])}"
     )
+
+
+def _run_names(trials: list[Trial]) -> str:
+    """The first NAMES_SHOWN trials' MLflow run names, and how many more."""
+    names = [trial_run_name(t) for t in trials]
+    more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return f"{'; '.join(names[:NAMES_SHOWN])}{more}"
 
 
 def _line_names(records: list[TrialRecord], figure: Figure) -> list[str]:
@@ -396,10 +399,7 @@ def _line_names(records: list[TrialRecord], figure: Figure) -> list[str]:
     lines of the panel apart (e.g. sgd/relu.yaml and sgd/linear.yaml drawn together)."""
 
     def line(record: TrialRecord, drop: set[str]) -> str:
-        trial = record.trial
-        label = (figure.relabel(trial) if figure.relabel else None) or trial["label"]
-        varying = ", ".join(f"{k}={v}" for k, v in trial["varying"].items() if k not in drop)
-        return f"{label} ({varying})" if varying else label
+        return trial_line(record.trial, figure.relabel(record.trial) if figure.relabel else None, drop)
 
     drop = {figure.split} if figure.split else set()
     sweeps_of: dict[str, set[str]] = {}

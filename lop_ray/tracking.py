@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +96,13 @@ def trial_run_name(trial: Mapping[str, Any]) -> str:
     return " ".join(part for part in (trial["label"], varying, f"seed={trial['seed']}") if part)
 
 
-def trial_line(trial: Mapping[str, Any]) -> str:
+def trial_line(trial: Mapping[str, Any], label: str | None = None, leave_out: Collection[str] = ()) -> str:
     """The line a trial belongs to in `lop-ray report`'s figures: its label and what varies, not its
-    seed. As a tag it is what MLflow's runs table groups the seeds of one configuration by."""
-    varying = ", ".join(f"{k}={v}" for k, v in trial["varying"].items())
-    return f"{trial['label']} ({varying})" if varying else trial["label"]
+    seed. As a tag it is what MLflow's runs table groups the seeds of one configuration by. A figure
+    may name the line otherwise (`label`) and leave out varying keys its panels already say."""
+    varying = ", ".join(f"{k}={v}" for k, v in trial["varying"].items() if k not in leave_out)
+    label = label or trial["label"]
+    return f"{label} ({varying})" if varying else label
 
 
 class TrialTracker:
