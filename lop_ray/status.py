@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
@@ -26,7 +25,13 @@ from rich.table import Table
 from lop_ray import storage
 from lop_ray.schema import SweepError, validate_sweep
 from lop_ray.sweep_record import SWEEP_FILE
-from lop_ray.tracking import STEP_METRIC, TRIAL_INDEX_TAG, quiet_mlflow_environment, ui_command
+from lop_ray.tracking import (
+    STEP_METRIC,
+    TRIAL_INDEX_TAG,
+    missing_sqlite_store,
+    quiet_mlflow_environment,
+    ui_command,
+)
 from lop_ray.trial_checkpoints import stored_checkpoints
 
 
@@ -160,8 +165,8 @@ def _tune_trials(fs: pyarrow.fs.FileSystem, root: str) -> dict[int, dict[str, An
 
 def _mlflow_runs(tracking: dict[str, Any]) -> dict[int, tuple[str, int]]:
     """Trial index → (MLflow run id, steps it holds)."""
-    database = tracking["uri"].removeprefix("sqlite:///")
-    if tracking["uri"].startswith("sqlite:///") and not Path(database).exists():  # MLflow would make one
+    database = missing_sqlite_store(tracking["uri"])
+    if database is not None:
         raise SweepError(
             tracking["uri"],
             [f"{database}: the sweep's MLflow store is not on this machine (the driver's `MLflow:` line)"],

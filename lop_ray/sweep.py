@@ -29,6 +29,7 @@ from lop_ray.tracking import (
     embedded_tracking_uri,
     ensure_experiment,
     git_commit,
+    missing_sqlite_store,
     quiet_mlflow_environment,
     start_sweep_run,
     trial_run_name,
@@ -181,8 +182,8 @@ def _refuse_a_driver_local_store_on_a_cluster(where: str, storage_uri: str) -> N
 def _refuse_a_missing_driver_local_store(results_dir: str, tracking_uri: str) -> None:
     """An S3 sweep's default MLflow store is on the machine that started it; resumed elsewhere, a new
     empty store would give every trial a second run."""
-    database = Path(tracking_uri.removeprefix("sqlite:///"))
-    if not database.exists():
+    database = missing_sqlite_store(tracking_uri)
+    if database is not None:
         raise SweepError(
             results_dir,
             [

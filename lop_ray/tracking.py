@@ -32,6 +32,15 @@ def embedded_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
+def missing_sqlite_store(tracking_uri: str) -> Path | None:
+    """The sqlite file `tracking_uri` names when it is not on this machine (MLflow would silently
+    create an empty one, and a resumed trial a second run); None for a present file or a server."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return None if database.exists() else database
+
+
 def ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store (the `mlflow` beside this Python)."""
     if tracking_uri.startswith("sqlite:"):
