@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from lop_ray.algos import CBPConfig
 from lop_ray.algos.cbp import UTIL_TYPES
 from lop_ray.algos.counter_rng import normal, random_bits, seed_keys, uniform
+from lop_ray.algos.seed_batched import SeedBatchedContinualBackprop
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
 from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
@@ -69,6 +70,28 @@ def test_a_batch_of_one_follows_the_single_seed_learner(name):
         assert got["squared_error"] == pytest.approx(expected["squared_error"], rel=1e-5)
         assert got["weight_magnitude"] == pytest.approx(expected["weight_magnitude"], rel=1e-5)
         assert got.get("replaced_units") == expected.get("replaced_units")
+
+
+@pytest.mark.parametrize("name", sorted(name for name in LEARNERS if name.startswith("cbp")))
+def test_compiled_cbp_statistics_follow_the_pytorch_path(name, monkeypatch):
+    """Small CPU layers update CBP's statistics in one compiled call; large ones (and CUDA) take
+    PyTorch's ops. Both replace the same units at the same steps and agree to float rounding."""
+    config = _config(LEARNERS[name])
+    compiled = SeedBatchedRegressionExperiment(config, [3, 0])
+    assert compiled.cbp.compiled_statistics == [True]
+    compiled_steps = [compiled.run_step() for _ in range(4)]
+    monkeypatch.setattr(SeedBatchedContinualBackprop, "compiled_statistics_limit", 0)
+    torch_ops = SeedBatchedRegressionExperiment(config, [3, 0])
+    assert torch_ops.cbp.compiled_statistics == [False]
+    for got, expected in zip(compiled_steps, [torch_ops.run_step() for _ in range(4)], strict=True):
+        for seed_got, seed_expected in zip(got, expected, strict=True):
+            assert seed_got["replaced_units"] == seed_expected["replaced_units"]
+            assert seed_got["squared_error"] == pytest.approx(seed_expected["squared_error"], rel=1e-5)
+    assert compiled_steps[-1][0]["replaced_units"] > 0
+    for mine, theirs in zip(compiled.cbp.state, torch_ops.cbp.state, strict=True):
+        assert torch.equal(mine["age"], theirs["age"])
+        for key in ("utility", "bias_corrected_utility", "mean_activation", "accumulated"):
+            torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-7)
 
 
 def test_batched_network_starts_as_each_seeds_own_network_and_matches_autograd():

@@ -11,6 +11,7 @@ import numpy
 import torch
 
 from lop_ray.algos.cbp import age_and_decay
+from lop_ray.algos.cbp_statistics_kernel import UTILITY_CODES, update_unit_statistics
 from lop_ray.algos.counter_rng import CounterNoise
 
 
@@ -67,6 +68,9 @@ class SeedBatchedContinualBackprop:
     """
 
     refill_steps = 32  # steps between reads of the pool's cursors (one host synchronisation each)
+    # a CPU layer with at most this many incoming + outgoing weights per seed updates its statistics
+    # in one compiled call (`cbp_statistics_kernel`): there PyTorch's ~80 calls are all dispatch
+    compiled_statistics_limit = 1 << 16
 
     def __init__(
         self,
@@ -81,6 +85,11 @@ class SeedBatchedContinualBackprop:
 
         if config.util_type not in UTIL_TYPES:
             raise ValueError(f"unknown util_type {config.util_type!r}")
+        if config.utility_average != "ema" or config.init_distribution != "uniform":
+            raise ValueError(
+                "seed-batched CBP takes utility_average 'ema' and init_distribution 'uniform' "
+                f"(the MLP experiments'), got {config.utility_average!r} and {config.init_distribution!r}"
+            )
         if net.layers[0].weight.dtype != torch.float32:
             # the pool reproduces the CPU's float32 uniform_ bit for bit; float64's differs in the last bit
             raise ValueError(f"seed-batched CBP needs float32 weights, got {net.layers[0].weight.dtype}")
@@ -124,6 +133,12 @@ class SeedBatchedContinualBackprop:
             for fan_in, width in zip(fan_ins, widths, strict=True)
         ]
         self._draws_per_step = sum(k * f for k, f in zip(self.most_per_step, fan_ins, strict=True))
+        self.compiled_statistics = [
+            device.type == "cpu"
+            and net.layers[i].weight[0].numel() + net.layers[i + 1].weight[0].numel()
+            <= self.compiled_statistics_limit
+            for i in range(len(widths))
+        ]
         self._reset_pool([g.get_state() for g in self.generators])
 
     # --- the pool of new weights' draws ---------------------------------------------------------
@@ -183,7 +198,9 @@ class SeedBatchedContinualBackprop:
             self._refill()
         self._steps_since_refill += 1
         chosen = [
-            self._test(index, state, h)
+            self._compiled_test(index, state, h)
+            if self.compiled_statistics[index]
+            else self._test(index, state, h)
             for index, (state, h) in enumerate(zip(self.state, activations, strict=True))
         ]
         for index, (state, (counts, mean_estimate)) in enumerate(zip(self.state, chosen, strict=True)):
@@ -215,6 +232,48 @@ class SeedBatchedContinualBackprop:
             draw = self.replacement_draws[index].at(self.steps)[:, 0]
             counts = torch.where(expected < 1.0, (draw < expected).to(torch.float64), expected.floor())
         return torch.minimum(counts.to(torch.long), eligible), mean_estimate
+
+    def _compiled_test(self, index: int, state: dict[str, torch.Tensor], h: torch.Tensor):
+        """`_test` as one compiled call (`cbp_statistics_kernel`), in place on the state tensors.
+        Their numpy views are made once per storage (a checkpoint load swaps them): converting ten
+        tensors every step would cost as much as the call."""
+        arrays = self._statistics_arrays(index, state)
+        (weights_in, weights_out, utility, corrected, mean_activation, age, accumulated,
+         zeros_utility, zeros_draws, mean_estimate, counts) = arrays  # fmt: skip
+        cfg = self.config
+        random_utility = zeros_utility
+        if cfg.util_type == "random":
+            random_utility = self.random_utilities[index].at(self.steps).numpy()
+        draws = zeros_draws
+        if not cfg.accumulate:
+            draws = self.replacement_draws[index].at(self.steps)[:, 0].contiguous().numpy()
+        update_unit_statistics(
+            h.detach().reshape(h.shape[0], -1, h.shape[-1]).numpy(),
+            weights_in, weights_out, utility, corrected, mean_activation, age, accumulated,
+            random_utility, draws,
+            float(cfg.decay_rate), UTILITY_CODES[cfg.util_type], int(cfg.maturity_threshold),
+            float(cfg.replacement_rate), cfg.replacement_base == "eligible", bool(cfg.accumulate),
+            mean_estimate, counts,
+        )  # fmt: skip
+        return torch.from_numpy(counts), torch.from_numpy(mean_estimate)
+
+    def _statistics_arrays(self, index: int, state: dict[str, torch.Tensor]) -> list[numpy.ndarray]:
+        keys = ("utility", "bias_corrected_utility", "mean_activation", "age", "accumulated")
+        tensors = [self.net.layers[index].weight, self.net.layers[index + 1].weight]
+        tensors += [state[key] for key in keys]
+        storage = tuple(t.data_ptr() for t in tensors)
+        cache = self.__dict__.setdefault("_statistics_cache", {})
+        cached = cache.get(index)
+        if cached is None or cached[0] != storage:
+            like = state["utility"]
+            extra = [
+                numpy.zeros(like.shape, numpy.float32),  # the `random` utility, unused by the others
+                numpy.zeros(like.shape[0], numpy.float64),  # the probabilistic rule's draws, unused
+                numpy.empty(like.shape, numpy.float32),  # mean estimate (out)
+                numpy.empty(like.shape[0], numpy.int64),  # counts (out)
+            ]
+            cached = cache[index] = (storage, [t.detach().numpy() for t in tensors] + extra)
+        return cached[1]
 
     def _instantaneous_utility(
         self, index: int, h: torch.Tensor, mean_estimate: torch.Tensor
