@@ -124,8 +124,10 @@ def _report(results_dirs: list[str], out: str | None, export: str | None, names:
     from pathlib import Path
 
     from lop_ray import figures, report
+    from lop_ray.sweep_record import read_sweep_record
 
-    records = report.load_results(results_dirs)
+    sweep_records = [read_sweep_record(results_dir) for results_dir in results_dirs]
+    records = report.load_results(sweep_records)
     if not records:
         print(f"{', '.join(results_dirs)}: no trial has logged a step yet", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -158,7 +160,7 @@ def _report(results_dirs: list[str], out: str | None, export: str | None, names:
         else:
             print(f"figure: {figure} and {figure.with_suffix('.svg')}")
             written += [(figure, None), (figure.with_suffix(".svg"), None)]
-    for message in figures.unlogged(results_dirs, records):
+    for message in figures.unlogged([r.sweep for r in sweep_records], records):
         print(f"missing: {message}", file=sys.stderr)
     for data, paths in figures.draw_figures(records, problem, out_dir / "figures", title, names):
         for message in data.missing:
@@ -168,21 +170,18 @@ def _report(results_dirs: list[str], out: str | None, export: str | None, names:
             written += [(path, "figures") for path in paths]
         else:
             print(f"figure {data.figure.name}: skipped, no trial has its data", file=sys.stderr)
-    _log_figures(results_dirs, written)
+    _log_figures([r.tracking for r in sweep_records], written)
     if export:
         print(f"curves: {report.export_curves(records, export)}")
     return 0
 
 
-def _log_figures(results_dirs: list[str], written: list) -> None:
+def _log_figures(trackings: list[dict], written: list) -> None:
     """Every file drawn, as an artifact of each sweep's parent MLflow run (beside the headline figure
     the sweep's end logs there)."""
     from mlflow.tracking import MlflowClient
 
-    from lop_ray.sweep_record import read_sweep_record
-
-    for results_dir in results_dirs:
-        tracking = read_sweep_record(results_dir).tracking
+    for tracking in trackings:
         client = MlflowClient(tracking["uri"])
         for path, folder in written:
             client.log_artifact(tracking["parent_run_id"], str(path), folder)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lop_ray.report import Aggregate, TrialRecord, aggregate, binned_metric, draw_lines
+from lop_ray.schema import Sweep
 from lop_ray.tracking import trial_line, trial_run_name
 
 X, Y, W = "x", "y", "w"  # the keys of the derived rows a panel aggregates (W: the value's weight)
@@ -362,14 +363,11 @@ def bootstrap_interval(per_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return result.confidence_interval.low, result.confidence_interval.high
 
 
-def unlogged(results_dirs: list[str | Path], records: list[TrialRecord]) -> list[str]:
+def unlogged(sweeps: list[Sweep], records: list[TrialRecord]) -> list[str]:
     """Per sweep, the trials that have logged no step yet (absent from every figure), by run name."""
-    from lop_ray.sweep_record import read_sweep_record
-
     logged = {(r.trial["sweep"], r.trial["trial_index"]) for r in records if r.rows}
     messages = []
-    for results_dir in results_dirs:
-        sweep = read_sweep_record(results_dir).sweep
+    for sweep in sweeps:
         absent = [t for t in sweep.trials if (t["sweep"], t["trial_index"]) not in logged]
         if absent:
             messages.append(

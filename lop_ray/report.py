@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lop_ray.sweep_record import read_sweep_record
+from lop_ray.sweep_record import SweepRecord, read_sweep_record
 from lop_ray.tracking import trial_histories, trial_line
 
 # x-axis and binning of each problem's headline metric (spec/metrics.md, Aggregation in figures)
@@ -89,9 +89,10 @@ class Aggregate:
         return float(per_seed.mean()), float(stderr)
 
 
-def load_trial_records(results_dir: str | Path) -> list[TrialRecord]:
-    """Every trial of the sweep in `results_dir` that has logged a step, with its rows from MLflow."""
-    record = read_sweep_record(results_dir)
+def load_trial_records(sweep: str | Path | SweepRecord) -> list[TrialRecord]:
+    """Every trial of the sweep (its results directory, or its record already read) that has logged
+    a step, with its rows from MLflow."""
+    record = sweep if isinstance(sweep, SweepRecord) else read_sweep_record(sweep)
     histories = trial_histories(record.tracking)
     return [
         TrialRecord(trial, histories[trial["trial_index"]][1], histories[trial["trial_index"]][0])
@@ -100,12 +101,13 @@ def load_trial_records(results_dir: str | Path) -> list[TrialRecord]:
     ]
 
 
-def load_results(results_dirs: list[str | Path]) -> list[TrialRecord]:
-    """The trials of one or several sweeps, to be drawn together. Where the sweeps differ in their
-    fidelity mode or name, that becomes part of each line (e.g. `cbp (fidelity=original)`), so the
-    same algorithm from an original-mode and a corrected-mode sweep are two lines side by side."""
-    records = [record for results_dir in results_dirs for record in load_trial_records(results_dir)]
-    if len(results_dirs) == 1:
+def load_results(sweeps: list[str | Path | SweepRecord]) -> list[TrialRecord]:
+    """The trials of one or several sweeps (results directories or records), to be drawn together.
+    Where the sweeps differ in their fidelity mode or name, that becomes part of each line (e.g.
+    `cbp (fidelity=original)`), so the same algorithm from an original-mode and a corrected-mode
+    sweep are two lines side by side."""
+    records = [record for sweep in sweeps for record in load_trial_records(sweep)]
+    if len(sweeps) == 1:
         return records
     # the mode tells the lines apart when it differs; otherwise the sweep's name does
     distinguishing = next(
