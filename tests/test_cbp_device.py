@@ -102,7 +102,8 @@ def test_the_masked_step_reads_from_the_device_only_to_refill_its_pool(monkeypat
     monkeypatch.setattr(SeedBatchedContinualBackprop, "refill_steps", 4)
     experiment = _experiment("contribution_momentum", per_step=40)
     cbp = experiment.cbp
-    cbp.host_gate = False
+    cbp.host_gate = False  # what a CUDA device runs: masked writes, PyTorch's statistics
+    cbp.compiled_statistics = [False] * len(cbp.compiled_statistics)
     reads: list[str] = []
     inside = [False]
 
