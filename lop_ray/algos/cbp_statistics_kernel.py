@@ -75,7 +75,7 @@ def update_unit_statistics(
                 bias_corrected_utility[s, k] = random_utility[s, k]
             else:
                 incoming = _ZERO
-                if util_code >= 2 and util_code != 5:
+                if util_code in (2, 3, 4):  # the types that divide by the mean incoming |w|
                     for j in range(fan_in):
                         incoming += abs(incoming_weight[s, k, j])
                     incoming = incoming / np.float32(fan_in)
