@@ -105,14 +105,41 @@ def _trial_workers(session_id: int) -> list[psutil.Process]:
     return workers
 
 
-def _kill_a_trial_worker(driver: subprocess.Popen, results: Path, log: Path) -> float:
+def _reported(results: Path) -> dict[Path, tuple[int, int]]:
+    """Each trial directory → (pid of the actor that reported last, steps reported): the last row of
+    its result.json, which the driver appends as each step's result arrives."""
+    reported = {}
+    for path in results.glob("*/result.json"):
+        lines = path.read_text().splitlines()
+        try:
+            row = json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):  # none yet, or a row being written
+            continue
+        reported[path.parent] = (row["pid"], row["training_iteration"])
+    return reported
+
+
+def _a_trial_to_kill(results: Path, workers: list[psutil.Process], steps_per_trial: int):
+    """Of the trials whose actor is one of `workers` and which have a checkpoint, the one furthest
+    from its end, if it has at least 4 steps to go (so the kill lands mid-run however fast trials
+    step), else None."""
+    alive = {w.pid: w for w in workers}
+    candidates = sorted(
+        (steps, pid)
+        for trial, (pid, steps) in _reported(results).items()
+        if pid in alive and steps <= steps_per_trial - 4 and any(trial.glob("checkpoint_*/manifest.json"))
+    )
+    return alive[candidates[0][1]] if candidates else None
+
+
+def _kill_a_trial_worker(driver: subprocess.Popen, results: Path, log: Path, steps_per_trial: int) -> float:
     """SIGKILL a trial's worker once both trials have checkpointed and still step; the kill time."""
     _wait_for_checkpoint(results, driver, log, steps=2, trials=2)
     deadline = time.monotonic() + 60
-    while not (workers := _trial_workers(driver.pid)):
+    while not (victim := _a_trial_to_kill(results, _trial_workers(driver.pid), steps_per_trial)):
         assert time.monotonic() < deadline and driver.poll() is None, log.read_text()
         time.sleep(0.05)
-    workers[0].send_signal(signal.SIGKILL)
+    victim.send_signal(signal.SIGKILL)
     return time.monotonic()
 
 
@@ -131,7 +158,7 @@ def test_a_trial_worker_killed_mid_task_is_retried_from_its_checkpoint(tmp_path,
     sweep, results, driver = _start_sweep(tmp_path, "workerkill", num_tasks=8, max_failures=3)
     log = tmp_path / "workerkill.log"
     started = time.monotonic()
-    killed_at = _kill_a_trial_worker(driver, results, log)
+    killed_at = _kill_a_trial_worker(driver, results, log, sweep.steps_per_trial)
     assert _wait(driver, log) == 0, log.read_text()
     finished = time.monotonic()
 
@@ -151,7 +178,7 @@ def test_status_of_an_errored_sweep_and_its_resume(tmp_path, ray_tmp, capsys):
     checkpoint and error; `lop-ray resume` completes it from that checkpoint."""
     sweep, results, driver = _start_sweep(tmp_path, "errored", num_tasks=8, max_failures=0)
     log = tmp_path / "errored.log"
-    _kill_a_trial_worker(driver, results, log)
+    _kill_a_trial_worker(driver, results, log, sweep.steps_per_trial)
     assert _wait(driver, log) == 1, log.read_text()  # the driver reports the failed trial
     assert "1 trial(s) failed" in log.read_text()
 
@@ -340,11 +367,9 @@ def test_a_worker_node_killed_mid_sweep_on_a_token_authenticated_cluster(tmp_pat
         _wait_for_checkpoint(results, driver, log, steps=2)
         # one trial per node (one CPU each): kill once the worker node's trial has checkpointed too
         deadline = time.monotonic() + 240
-        while not (
-            _trial_workers(worker.pid) and len(list(results.glob("*/checkpoint_*/manifest.json"))) >= 3
-        ):
-            assert time.monotonic() < deadline and driver.poll() is None, "no trial ran on the worker node"
-            time.sleep(0.2)
+        while not _a_trial_to_kill(results, _trial_workers(worker.pid), sweep.steps_per_trial):
+            assert time.monotonic() < deadline and driver.poll() is None, "no trial seen on the worker node"
+            time.sleep(0.1)
         _kill_session(worker.pid)
         worker.wait()
         killed_at = time.monotonic()
