@@ -24,8 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from lop_ray.algos import CBPConfig
-from lop_ray.experiments.learner import LearnerSettings
-from lop_ray.experiments.seed_batched_learner import build_seed_batched_learner, initial_network
+from lop_ray.experiments.learner import LearnerSettings, build_learner, initial_mlp
 
 SIZES = [784, 2000, 2000, 2000, 10]
 BP = LearnerSettings(step_size=0.003)
@@ -86,18 +85,18 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, S = {args.seeds}, net {SIZES}")
     started = time.perf_counter()
-    net = initial_network(SIZES, "relu", seeds).to(device)
+    net = initial_mlp(SIZES, "relu", seeds).to(device)
     generator = torch.Generator().manual_seed(0)
     inputs = torch.rand((64, args.seeds, 1, SIZES[0]), generator=generator).to(device)
     labels = torch.randint(0, SIZES[-1], (64, args.seeds, 1), generator=generator).to(device)
     print(f"built in {time.perf_counter() - started:.1f} s")
 
-    bp, _ = build_seed_batched_learner(net, BP, seeds, device, F.cross_entropy)
+    bp, _ = build_learner(net, BP, seeds, device, F.cross_entropy)
     _steps(bp, inputs, labels, 20)  # warm-up
     bp_ms, bp_host = _timed(bp, inputs, labels, args.steps)
     bp_syncs = _synchronisations(bp, inputs, labels, args.sync_steps)
 
-    cbp_learner, cbp = build_seed_batched_learner(net, CBP, seeds, device, F.cross_entropy)
+    cbp_learner, cbp = build_learner(net, CBP, seeds, device, F.cross_entropy)
     maturity = CBP.cbp.maturity_threshold
     _steps(cbp_learner, inputs, labels, maturity + 20)  # past maturity: units are replaced from here
     before = cbp.replaced_total.sum().item()

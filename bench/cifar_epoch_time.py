@@ -8,10 +8,12 @@ shape — 500 training and 100 test images for each of 100 classes — and times
   * one block-end analysis (two 1,000-image probes).
 An epoch's cost grows linearly with the classes seen (5, 10, …, 100 over 20 blocks of 200 epochs), so
 the mean epoch costs (first + last)/2 and a run costs 4,000 × (first + last)/2 + 21 analyses.
+With `--seeds S`, S seeds run at once in one seed-axis network (a trial of `seeds_per_trial: S`): the
+times are those of the S-seed epoch, the hours those of one seed (the trial's divided by S).
 
 Imports torch, torchvision and numpy only (no ray, mlflow, pydantic: a bare GPU machine has them not);
 checked at the end. Usage:
-  python bench/cifar_epoch_time.py --device cuda
+  python bench/cifar_epoch_time.py --device cuda [--seeds 4]
   python bench/cifar_epoch_time.py --device cpu --fraction 0.02   # 9 training images per class, scaled up
 """
 
@@ -111,6 +113,7 @@ def main() -> int:
         default=1.0,
         help="of the 450 training, 50 validation and 100 test images per class (CPU: small; times scaled back)",
     )
+    parser.add_argument("--seeds", type=int, default=1, help="seeds trained at once (seeds_per_trial)")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick conv algorithms")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
@@ -136,16 +139,17 @@ def main() -> int:
         + (f" (fraction {args.fraction}: epoch times scaled ×{scale:g})" if args.fraction != 1.0 else "")
     )
     for algorithm in args.algorithms.split(","):
-        config = IncrementalCifarConfig(
-            seed=0, validation_per_class=validation_per_class, learner=learner(algorithm)
+        config = IncrementalCifarConfig(validation_per_class=validation_per_class, learner=learner(algorithm))
+        seeds = list(range(args.seeds))
+        first, last, analysis = measure(
+            IncrementalCifarExperiment(config, seeds, train, test, device), device
         )
-        first, last, analysis = measure(IncrementalCifarExperiment(config, train, test, device), device)
         first, last = first * scale, last * scale
-        run_hours = (EPOCHS * (first + last) / 2 + ANALYSES * analysis) / 3600
+        run_hours = (EPOCHS * (first + last) / 2 + ANALYSES * analysis) / 3600 / args.seeds
         print(
-            f"{algorithm}: first-block epoch {first:.2f} s, last-block epoch {last:.2f} s, analysis {analysis:.2f} s;"
-            f" run ≈ 4000 × ({first:.2f} + {last:.2f}) / 2 + 21 × {analysis:.2f} s = {run_hours:.2f} h"
-            f" (paper: ~{PAPER_HOURS:g} A100-hours)"
+            f"{algorithm}, {args.seeds} seed(s) at once: first-block epoch {first:.2f} s, last-block epoch"
+            f" {last:.2f} s, analysis {analysis:.2f} s; per seed-run ≈ (4000 × ({first:.2f} + {last:.2f}) / 2"
+            f" + 21 × {analysis:.2f} s) / {args.seeds} = {run_hours:.2f} h (paper: ~{PAPER_HOURS:g} A100-hours)"
         )
         if device.type == "cuda":
             print(f"  peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")

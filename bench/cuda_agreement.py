@@ -24,8 +24,6 @@ from lop_ray.data.shards import ImageDataset, load_dataset
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNISTExperiment
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
-from lop_ray.experiments.seed_batched_permuted_mnist import SeedBatchedPermutedMNISTExperiment
-from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 
 LEARNERS = {
     "bp": LearnerSettings(step_size=0.01),
@@ -73,19 +71,19 @@ def main() -> None:
         config = PermutedMNISTConfig(hidden_units=100, probe_examples=200, learner=settings)
         compare(
             f"permuted digits {name}",
-            lambda device: SeedBatchedPermutedMNISTExperiment(config, seeds, digits, device),  # noqa: B023
+            lambda device: PermutedMNISTExperiment(config, digits, device, seeds),  # noqa: B023
         )
         regression = RegressionConfig(examples_per_step=2000, learner=settings)
         compare(
             f"regression      {name}",
-            lambda device: SeedBatchedRegressionExperiment(regression, seeds, device),  # noqa: B023
+            lambda device: RegressionExperiment(regression, seeds, device),  # noqa: B023
         )
-    # the single-seed learner (ContinualBackprop over unit groups), one seed
+    # one seed (S = 1)
     settings = LEARNERS["cbp"]
     single = PermutedMNISTConfig(seed=2, hidden_units=100, probe_examples=200, learner=settings)
     compare("permuted digits cbp, alone", lambda device: PermutedMNISTExperiment(single, digits, device))
     regression = RegressionConfig(seed=2, examples_per_step=2000, learner=settings)
-    compare("regression      cbp, alone", lambda device: RegressionExperiment(regression, device))
+    compare("regression      cbp, alone", lambda device: RegressionExperiment(regression, device=device))
     leaked = sorted(m for m in ("ray", "mlflow", "pydantic") if m in sys.modules)
     if leaked:
         raise SystemExit(f"imported {leaked}")

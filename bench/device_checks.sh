@@ -16,17 +16,17 @@ check() {
   timeout "$limit" "$@" 2>&1 | tee -a "$log"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
-check 120 python3 bench/cuda_agreement.py
-# the seed-batched CBP step at S = 30 against BP: time per step, host syncs per step, top kernels
-check 60 python3 bench/cbp_profile.py --seeds 30
+# 8 minutes in all (issue 14): the seed-axis targets first, then agreement and profiles
+# permuted MNIST at S = 30 against one seed per trial (target >= 10x, and the memory floor)
+check 75 python3 bench/seed_batching.py --problem mnist --device cuda --seeds 1 30 --mnist-examples 300 --alone 2
+# continual ImageNet at S = 16 (target >= 5x) and incremental CIFAR-100 at S = 4 (target >= 2x)
+check 90 python3 bench/seed_batching_imagenet.py --device cuda --seeds 1 16 --epochs 3 --alone 2 --learners bp cbp
+check 120 python3 bench/seed_batching_cifar.py --device cuda --seeds 1 4 --repeats 1
+check 60 python3 bench/cuda_agreement.py
 if python3 -c "import pytest" 2>/dev/null; then  # the CUDA tests (skipped on a machine without one)
-  check 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cbp_device.py
+  check 45 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cbp_device.py
 fi
-check 120 python3 bench/seed_batching.py --problem mnist --device cuda --seeds 1 8 30 --mnist-examples 300 --alone 3
-for algorithm in bp cbp; do
-  check 60 python3 bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 2 --algorithm "$algorithm"
-done
-check 170 python3 bench/cifar_epoch_time.py --device cuda --algorithms bp,cbp
-check 90 python3 bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 2 --algorithm cbp --processes 4
-check 100 python3 bench/seed_batching.py --problem regression --seeds 1 100 --alone 3
+# the seed-batched CBP step at S = 30 against BP: time per step, host syncs per step, top kernels
+check 45 python3 bench/cbp_profile.py --seeds 30
+check 45 python3 bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 2 --algorithm cbp --seeds 16
 echo "== $(date -u +%T) done" | tee -a "$log"

@@ -7,13 +7,15 @@ epoch, per 250-epoch task, and the extrapolated hours of a 5,000-task run next t
 A100-hours. The first task is a warm-up (CUDA context, kernel caches) and is not counted. cuDNN runs
 with PyTorch's defaults, as in the trials.
 
+`--seeds S` trains S seeds at once in one seed-batched experiment (one Tune trial of
+`seeds_per_trial: S`) and reports seconds per task of all S and per seed-task.
 `--processes N` runs N copies at once (separate processes, as N trials sharing one GPU with
 `resources: {gpu: 1/N}` would), and adds their aggregate throughput: how many trials one GPU holds.
 
 Pure PyTorch: it imports nothing from ray, mlflow or pydantic (checked at the end), so it runs on a
 machine that has only torch and numpy.
 
-    python bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 3 [--algorithm cbp] [--processes 4]
+    python bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 3 [--algorithm cbp] [--seeds 15] [--processes 2]
 """
 
 from __future__ import annotations
@@ -72,12 +74,15 @@ def learner(algorithm: str) -> LearnerSettings:
     return LearnerSettings(algorithm="cbp", step_size=0.01, momentum=0.9, cbp=cbp)
 
 
-def time_tasks(device: str, algorithm: str, epochs: int, tasks: int, seed: int = 0) -> list[float]:
-    """Seconds of each task after the warm-up one."""
-    config = ContinualImageNetConfig(
-        seed=seed, epochs_per_task=epochs, batch_size=100, learner=learner(algorithm)
+def time_tasks(
+    device: str, algorithm: str, epochs: int, tasks: int, seed: int = 0, seeds: int = 1
+) -> list[float]:
+    """Seconds of each task (of all `seeds` seeds) after the warm-up one."""
+    config = ContinualImageNetConfig(epochs_per_task=epochs, batch_size=100, learner=learner(algorithm))
+    batch = [seed * seeds + s for s in range(seeds)]
+    experiment = ContinualImageNetExperiment(
+        config, batch, synthetic(600, seed), synthetic(100, seed + 1), device
     )
-    experiment = ContinualImageNetExperiment(config, synthetic(600, seed), synthetic(100, seed + 1), device)
     experiment.run_step()  # warm-up
     seconds = []
     for _ in range(tasks):
@@ -87,10 +92,10 @@ def time_tasks(device: str, algorithm: str, epochs: int, tasks: int, seed: int =
     return seconds
 
 
-def _worker(args: tuple[str, str, int, int, int]) -> list[float]:
-    device, algorithm, epochs, tasks, seed = args
+def _worker(args: tuple[str, str, int, int, int, int]) -> list[float]:
+    device, algorithm, epochs, tasks, seed, seeds = args
     torch.set_num_threads(1)
-    return time_tasks(device, algorithm, epochs, tasks, seed)
+    return time_tasks(device, algorithm, epochs, tasks, seed, seeds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithm", choices=("bp", "l2", "snp", "cbp"), default="bp")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per timed task (the paper: 250)")
     parser.add_argument("--tasks", type=int, default=2, help="timed tasks, after one warm-up task")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds batched in one experiment")
     parser.add_argument("--processes", type=int, default=1, help="copies run at once (trials sharing a GPU)")
     args = parser.parse_args(argv)
 
@@ -112,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {args.device} ({name}); torch {torch.__version__}; algorithm {args.algorithm}")
     print(
         f"per task: 1,200 train / 200 test images, mini-batch 100, {args.epochs} epochs timed × {args.tasks} tasks"
+        f", {args.seeds} seed(s) per experiment"
     )
-    jobs = [(args.device, args.algorithm, args.epochs, args.tasks, seed) for seed in range(args.processes)]
+    jobs = [
+        (args.device, args.algorithm, args.epochs, args.tasks, seed, args.seeds)
+        for seed in range(args.processes)
+    ]
     start = time.perf_counter()
     if args.processes == 1:
         results = [time_tasks(*jobs[0])]
@@ -125,12 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     per_epoch = float(np.mean([s for seconds in results for s in seconds])) / args.epochs
     per_task = per_epoch * PAPER_EPOCHS
     hours = per_task * PAPER_TASKS / 3600
-    print(f"seconds per epoch:            {per_epoch:.4f}")
-    print(f"seconds per 250-epoch task:   {per_task:.1f}")
-    print(f"hours per 5,000-task run:     {hours:.1f}   (the paper: ~{PAPER_HOURS:.0f} A100-hours)")
-    print(
-        f"runs per day on this device:  {args.processes * 24 / hours:.2f}  ({args.processes} at a time; wall {wall:.0f} s)"
-    )
+    runs = args.processes * args.seeds
+    print(f"seconds per epoch:            {per_epoch:.4f}   ({args.seeds} seed(s))")
+    print(f"seconds per 250-epoch task:   {per_task:.1f}   ({per_task / args.seeds:.1f} per seed-task)")
+    print(f"hours per 5,000-task run:     {hours:.1f}   (the paper: ~{PAPER_HOURS:.0f} A100-hours per seed)")
+    print(f"runs per day on this device:  {runs * 24 / hours:.2f}  ({runs} at a time; wall {wall:.0f} s)")
     forbidden = sorted(m for m in ("ray", "mlflow", "pydantic") if m in sys.modules)
     print(f"imports ray/mlflow/pydantic: {forbidden or 'none'}")
     return 1 if forbidden else 0

@@ -1,5 +1,5 @@
-"""Seed-steps per second: S single-seed learners stepped one after another (the original's way, in
-our code) against one S-seed batched learner, measured side by side in one run.
+"""Seed-steps per second: S one-seed learners (S = 1, one seed per trial: the original's way, in our
+code) stepped one after another against one S-seed learner, measured side by side in one run.
 
 Slowly-changing regression (20 → 5 → 1, relu, SGD 0.01; one step = one example of every seed): each
 measurement is one trainable step of `--examples` examples per seed (default 10,000 = one flip
@@ -12,11 +12,15 @@ Online permuted MNIST (784 → 2000 → 2000 → 2000 → 10, relu, SGD 0.003, o
 task of `--mnist-examples` examples per seed, on random images of MNIST's shape (speed does not
 depend on pixel values), probe of `--probe-examples` examples included.
 
+Continual ImageNet and incremental CIFAR-100 (`--problem imagenet cifar`) are measured by
+`bench/seed_batching_imagenet.py` and `bench/seed_batching_cifar.py` (their own options there;
+here their defaults: a small task / epoch on a CPU, the paper's sizes on CUDA).
+
 The one-after-another rate does not depend on S (each seed runs alone), so it is measured on
 min(S, `--alone`) of the S seeds. Imports nothing from Ray, MLflow or pydantic, so it runs on a bare
 GPU machine:
 
-    .venv/bin/python bench/seed_batching.py [--problem regression mnist] [--seeds 1 8 32 100] [--repeats 3]
+    .venv/bin/python bench/seed_batching.py [--problem regression mnist imagenet cifar] [--seeds 1 8 32 100] [--repeats 3]
     python3 bench/seed_batching.py --problem mnist --device cuda --seeds 1 8 30
 """
 
@@ -26,6 +30,9 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, without installing it
 
 import numpy as np
 import torch
@@ -35,8 +42,6 @@ from lop_ray.data.shards import ImageDataset
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNISTExperiment
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
-from lop_ray.experiments.seed_batched_permuted_mnist import SeedBatchedPermutedMNISTExperiment
-from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 
 REGRESSION_LEARNERS = {
     "bp (sgd)": LearnerSettings(step_size=0.01),
@@ -70,13 +75,13 @@ def regression_rates(settings: LearnerSettings, seeds: int, args, device) -> tup
     """(one after another, batched, batched with PyTorch ops instead of the compiled parts)."""
     n = args.examples
     alone = [
-        RegressionExperiment(RegressionConfig(seed=s, examples_per_step=n, learner=settings), device)
+        RegressionExperiment(RegressionConfig(seed=s, examples_per_step=n, learner=settings), [s], device)
         for s in range(min(seeds, args.alone))
     ]
     one_by_one = _rate(lambda: [e.run_step() for e in alone], len(alone) * n, device)
     config = RegressionConfig(examples_per_step=n, learner=settings)
-    batch = SeedBatchedRegressionExperiment(config, list(range(seeds)), device)
-    torch_ops = SeedBatchedRegressionExperiment(config, list(range(seeds)), device)
+    batch = RegressionExperiment(config, list(range(seeds)), device)
+    torch_ops = RegressionExperiment(config, list(range(seeds)), device)
     torch_ops.net.use_compiled_step = False
     if torch_ops.cbp is not None:
         torch_ops.cbp.compiled_statistics = [False] * len(torch_ops.cbp.compiled_statistics)
@@ -94,13 +99,37 @@ def mnist_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[fl
 
     alone = [PermutedMNISTExperiment(config(s), dataset, device) for s in range(min(seeds, args.alone))]
     one_by_one = _rate(lambda: [e.run_step() for e in alone], len(alone) * n, device)
-    batch = SeedBatchedPermutedMNISTExperiment(config(0), list(range(seeds)), dataset, device)
+    batch = PermutedMNISTExperiment(config(0), dataset, device, list(range(seeds)))
     return one_by_one, _rate(batch.run_step, seeds * n, device), None
+
+
+def _conv_problem(problem: str, args, device: torch.device) -> None:
+    """The conv-net problems, through their own benchmarks' `rows` (the S given, at most 16)."""
+    seeds = [s for s in args.seeds if s <= 16] or [1, 4]
+    if problem == "imagenet":
+        from bench import seed_batching_imagenet as imagenet
+
+        print(f"\ncontinual ImageNet ({'a quick task' if device.type == 'cpu' else 'a task'}; seed-steps/s)")
+        print(imagenet.format_rows(imagenet.rows(device, seeds, args.repeats), device), flush=True)
+        return
+    from bench import seed_batching_cifar as cifar
+
+    print(
+        f"\nincremental CIFAR-100 ({'a quick epoch' if device.type == 'cpu' else 'an epoch'}; seed-epochs/s)"
+    )
+    for row in cifar.rows(device, seeds, args.repeats):
+        print(
+            f"S = {row['seeds']:<3}{row['one_after_another']:>10.3f} one after another{row['batched']:>10.3f} batched"
+            f"{row['ratio']:>8.2f}×",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--problem", nargs="+", choices=["regression", "mnist"], default=["regression"])
+    parser.add_argument(
+        "--problem", nargs="+", choices=["regression", "mnist", "imagenet", "cifar"], default=["regression"]
+    )
     parser.add_argument("--examples", type=int, default=10_000, help="regression steps per seed")
     parser.add_argument("--mnist-examples", type=int, default=300, help="permuted MNIST steps per seed")
     parser.add_argument("--probe-examples", type=int, default=100)
@@ -120,6 +149,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, CPU threads {args.threads}")
     for problem in args.problem:
+        if problem in ("imagenet", "cifar"):
+            _conv_problem(problem, args, device)
+            continue
         learners, rates, steps = (
             (REGRESSION_LEARNERS, regression_rates, args.examples)
             if problem == "regression"

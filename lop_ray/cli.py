@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 
 from lop_ray.data.idx import DataFormatError
 from lop_ray.data.shards import DATASETS
-from lop_ray.schema import SweepError, load_sweep
+from lop_ray.schema import Sweep, SweepError, load_sweep
 
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             spec = load_sweep(args.file, storage=args.storage)
             if args.check:
-                print(f"{args.file}: valid; {len(spec.trials)} trials × {spec.steps_per_trial} steps")
+                print(f"{args.file}: valid; {trial_count(spec)}")
                 return 0
             from lop_ray.sweep import run_sweep  # imports Ray: only once the input is known good
 
@@ -100,6 +101,23 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(error.problems), file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_TRIALS_FAILED if outcome.errors else 0
+
+
+def trial_count(sweep: Sweep) -> str:
+    """`N trials × K steps`, and where seeds are batched the Tune trials that carry them: `300 trials ×
+    100 steps in 3 Tune trials × 100 seeds`, or with a short last group `250 trials × 100 steps in
+    3 Tune trials: 2 × 100 seeds + 1 × 50` (Ray-free: `--check` prints it too)."""
+    text = f"{len(sweep.trials)} trial{'s' if len(sweep.trials) > 1 else ''} × {sweep.steps_per_trial} steps"
+    if sweep.seeds_per_trial == 1:
+        return text
+    groups = sweep.groups
+    tune_trials = f"{len(groups)} Tune trial{'s' if len(groups) > 1 else ''}"
+    sizes = sorted(Counter(len(group) for group in groups).items(), reverse=True)  # (seeds, trials)
+    if len(sizes) == 1:
+        [(seeds, _)] = sizes
+        return f"{text} in {tune_trials} × {seeds} seed{'s' if seeds > 1 else ''}"
+    parts = [f"{count} × {seeds}" for seeds, count in sizes]
+    return f"{text} in {tune_trials}: {parts[0]} seeds + {' + '.join(parts[1:])}"
 
 
 def _prepare(dataset: str, src: str | None, dest: str) -> int:

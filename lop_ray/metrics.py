@@ -3,26 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-
-def weight_magnitude(net: nn.Module) -> float:
-    """Mean |w| over every weight matrix (not biases) of linear and conv layers."""
-    total, count = 0.0, 0
-    for module in net.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            total += module.weight.detach().abs().sum().item()
-            count += module.weight.numel()
-    return total / max(count, 1)
-
-
-def layer_weight_sums(net: nn.Module) -> list[float]:
-    """Σ|w| of each weight layer (linear and conv), in module order (permuted MNIST logs these)."""
-    return [
-        module.weight.detach().abs().sum().item()
-        for module in net.modules()
-        if isinstance(module, (nn.Linear, nn.Conv2d))
-    ]
 
 
 def rank_summaries(features: torch.Tensor, prop: float = 0.99) -> dict[str, float]:

@@ -74,8 +74,8 @@ class SweepFile(Strict):
     network: dict[str, Any] = {}
     algorithms: list[dict[str, Any]] = Field(min_length=1)
     seeds: Seeds = Field(default=[0])
-    # seeds of one configuration run together in one Tune trial by a seed-batched learner (for the
-    # algorithms that have one: `ProblemSpec.seed_batched_algorithms`; others run one seed each)
+    # seeds of one configuration run together in one Tune trial, in one network with a seed axis
+    # (every supervised algorithm; `ProblemSpec.seed_batched_algorithms` names exceptions: PPO)
     seeds_per_trial: Count = Field(1, ge=1)
     num_tasks: Count = Field(ge=1)
     # one mode, or a list of modes: a grid, every trial run in each (side by side on the same seeds)
@@ -295,7 +295,7 @@ class _Validator:
                     "seed": seed,
                     # algorithms without a seed-batched learner run one seed per Tune trial
                     "seeds_per_trial": top.seeds_per_trial
-                    if algorithm in spec.seed_batched_algorithms
+                    if spec.seed_batched_algorithms is None or algorithm in spec.seed_batched_algorithms
                     else 1,
                     "num_tasks": top.num_tasks,
                     "num_steps": steps,

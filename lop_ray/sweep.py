@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lop_ray import report, storage
+from lop_ray.cli import trial_count
 from lop_ray.progress import QUIET_ENV, SweepProgress
 from lop_ray.schema import Sweep, SweepError
 from lop_ray.sweep_record import SWEEP_FILE, read_sweep_record, write_sweep_record
@@ -250,7 +251,7 @@ def _announce(results_dir: Path | str, tracking_uri: str, sweep: Sweep, quiet: b
     if quiet:  # the summary at the end names the same paths
         return
     print(
-        f"{sweep.name}: {_trial_count(sweep)} × {sweep.steps_per_trial} steps\n"
+        f"{sweep.name}: {trial_count(sweep)}\n"
         f"  results: {results_dir}\n  MLflow:  {tracking_uri}\n  UI:      {ui_command(tracking_uri)}",
         file=sys.stderr,
         flush=True,
@@ -310,9 +311,3 @@ def _summary_table(sweep: Sweep, aggregates: list[report.Aggregate]) -> Table:
 
 def _bin_name(spec: dict[str, Any]) -> str:
     return spec["xlabel"].removesuffix("s") if spec["bin_x"] == 1 else f"{spec['bin_x']:,} {spec['xlabel']}"
-
-
-def _trial_count(sweep: Sweep) -> str:
-    if sweep.seeds_per_trial == 1:
-        return f"{len(sweep.trials)} trials"
-    return f"{len(sweep.trials)} trials in {len(sweep.groups)} seed-batched Tune trials"

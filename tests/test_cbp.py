@@ -30,7 +30,7 @@ import pytest
 import torch
 from torch import nn
 
-from lop_ray.algos import Adam, CBPConfig, ContinualBackprop, make_optimizer
+from lop_ray.algos import Adam, CBPConfig, ContinualBackprop, counter_rng, make_optimizer
 from lop_ray.nets import MLP, UnitGroup
 
 ETA = 0.5
@@ -86,14 +86,14 @@ def assert_values(actual: torch.Tensor, expected, rel: float = 1e-6) -> None:
 
 def set_weights(net: MLP, w_in=W_IN, b_in=B_IN, w_out=W_OUT, b_out=B_OUT) -> None:
     with torch.no_grad():
-        net.layers[0].weight.copy_(tensor(w_in))
-        net.layers[0].bias.copy_(tensor(b_in))
-        net.layers[1].weight.copy_(tensor(w_out))
-        net.layers[1].bias.copy_(tensor(b_out))
+        net.layers[0].weight[0].copy_(tensor(w_in))
+        net.layers[0].bias[0].copy_(tensor(b_in))
+        net.layers[1].weight[0].copy_(tensor(w_out))
+        net.layers[1].bias[0].copy_(tensor(b_out))
 
 
 def hand_net() -> MLP:
-    net = MLP([2, 3, 2], "relu", generator=torch.Generator().manual_seed(0))
+    net = MLP([2, 3, 2], "relu", generators=[torch.Generator().manual_seed(0)])
     set_weights(net)
     return net
 
@@ -116,17 +116,21 @@ def make_cbp(net: MLP, optimizer=None, seed: int = 0, **overrides) -> ContinualB
     )
 
 
+def after_step(cbp: ContinualBackprop, activations) -> None:
+    """One seed's (batch, units) activations, as the network of one seed gives them: (1, batch, units)."""
+    cbp.after_step([h.unsqueeze(0) for h in activations])
+
+
+def seed_states(cbp: ContinualBackprop) -> list[dict[str, torch.Tensor]]:
+    """Each group's state of the one seed these tests run (S = 1): views, so writes go through."""
+    return [{key: value[0] for key, value in state.items()} for state in cbp.state]
+
+
 def two_step_scenario(cbp: ContinualBackprop, net: MLP) -> None:
     """Step 1 on H1 with the first weights, move the weights, step 2 on H2."""
-    cbp.after_step([tensor(H1)])
+    after_step(cbp, [tensor(H1)])
     set_weights(net, W_IN_2, B_IN, W_OUT_2, B_OUT)
-    cbp.after_step([tensor(H2)])
-
-
-def cloned(gen: torch.Generator) -> torch.Generator:
-    twin = torch.Generator()
-    twin.set_state(gen.get_state())
-    return twin
+    after_step(cbp, [tensor(H2)])
 
 
 def reference_utilities(util_type: str, steps, eta: float):
@@ -181,12 +185,12 @@ def test_after_step_needs_one_activation_per_group():
     net = hand_net()
     cbp = make_cbp(net)
     with pytest.raises(ValueError):
-        cbp.after_step([tensor(H1), tensor(H1)])
+        after_step(cbp, [tensor(H1), tensor(H1)])
 
 
 def test_initial_state_is_zero():
     cbp = make_cbp(hand_net())
-    (state,) = cbp.state
+    (state,) = seed_states(cbp)
     for key in ("utility", "bias_corrected_utility", "mean_activation", "age"):
         assert state[key].tolist() == [0, 0, 0]
     assert float(state["accumulated"]) == 0.0
@@ -198,8 +202,8 @@ def test_initial_state_is_zero():
 def test_utility_after_one_step(util_type):
     net = hand_net()
     cbp = make_cbp(net, util_type=util_type)
-    cbp.after_step([tensor(H1)])
-    (state,) = cbp.state
+    after_step(cbp, [tensor(H1)])
+    (state,) = seed_states(cbp)
     assert state["age"].tolist() == [1, 1, 1]
     assert_values(state["mean_activation"], [1.0, 0.25, 0.5])  # f̄ = (1 − η)·mean(h)
     assert_values(state["utility"], [0.5 * v for v in EXPECTED_UHAT1[util_type]])
@@ -211,14 +215,14 @@ def test_utility_two_steps_with_moving_weights(util_type):
     net = hand_net()
     cbp = make_cbp(net, util_type=util_type)
     two_step_scenario(cbp, net)
-    (state,) = cbp.state
+    (state,) = seed_states(cbp)
     assert state["age"].tolist() == [2, 2, 2]
     assert_values(state["mean_activation"], [1.0, 1.125, 1.75])
     assert_values(state["utility"], EXPECTED_U2[util_type])
     assert_values(state["bias_corrected_utility"], EXPECTED_UHAT2[util_type])
     # the weights themselves are not touched by the test phase
-    assert net.layers[1].weight.tolist() == W_OUT_2
-    assert net.layers[1].bias.tolist() == B_OUT
+    assert net.layers[1].weight[0].tolist() == W_OUT_2
+    assert net.layers[1].bias[0].tolist() == B_OUT
 
 
 def test_reference_reproduces_the_hand_table():
@@ -242,15 +246,15 @@ def test_utility_many_steps_with_paper_decay(util_type):
     steps = []
     for _ in range(6):
         with torch.no_grad():
-            net.layers[0].weight.add_(0.3 * torch.randn(3, 2, generator=data))
-            net.layers[1].weight.add_(0.3 * torch.randn(2, 3, generator=data))
+            net.layers[0].weight[0].add_(0.3 * torch.randn(3, 2, generator=data))
+            net.layers[1].weight[0].add_(0.3 * torch.randn(2, 3, generator=data))
         h = torch.randn(4, 3, generator=data).abs()
-        o = [sum(abs(net.layers[1].weight[k, i].item()) for k in range(2)) / 2 for i in range(3)]
-        g = [sum(abs(net.layers[0].weight[i, j].item()) for j in range(2)) / 2 for i in range(3)]
+        o = [sum(abs(net.layers[1].weight[0][k, i].item()) for k in range(2)) / 2 for i in range(3)]
+        g = [sum(abs(net.layers[0].weight[0][i, j].item()) for j in range(2)) / 2 for i in range(3)]
         steps.append((o, g, h.tolist()))
-        cbp.after_step([h])
+        after_step(cbp, [h])
     u, uhat, fbar, _ = reference_utilities(util_type, steps, eta)
-    (state,) = cbp.state
+    (state,) = seed_states(cbp)
     assert state["age"].tolist() == [6, 6, 6]
     assert_values(state["mean_activation"], fbar, rel=1e-5)
     assert_values(state["utility"], u, rel=1e-5)
@@ -260,12 +264,12 @@ def test_utility_many_steps_with_paper_decay(util_type):
 def test_random_utility_is_a_fresh_uniform_draw_each_step():
     net = hand_net()
     cbp = make_cbp(net, util_type="random")
-    (state,) = cbp.state
-    state["utility"] = tensor([1.0, 2.0, 4.0])
+    (state,) = seed_states(cbp)
+    state["utility"].copy_(tensor([1.0, 2.0, 4.0]))
     for step in range(1, 4):
-        twin = cloned(cbp.generator)
-        expected = torch.rand(3, generator=twin)
-        cbp.after_step([tensor(H1)])
+        # the seed's counter stream 0 (this group's) at this step: a function of (key, step) only
+        expected = counter_rng.uniform(cbp.keys, step - 1, 0, 3)[0]
+        after_step(cbp, [tensor(H1)])
         assert torch.equal(state["bias_corrected_utility"], expected)
         # u is only decayed (nothing is added for `random`)
         assert_values(state["utility"], [ETA**step * v for v in (1.0, 2.0, 4.0)])
@@ -275,14 +279,14 @@ def test_random_utility_is_a_fresh_uniform_draw_each_step():
 def test_all_layers_are_tested_before_any_is_regenerated():
     """In a 2 → 3 → 3 → 1 net, layer 2's utility uses its incoming weights as they were before
     layer 1's replacement zeroed a column of them (phases run over all layers)."""
-    net = MLP([2, 3, 3, 1], "relu", generator=torch.Generator().manual_seed(0))
+    net = MLP([2, 3, 3, 1], "relu", generators=[torch.Generator().manual_seed(0)])
     w2 = [[1.0, -2.0, 3.0], [0.5, 0.5, 0.5], [-1.0, 1.0, 3.0]]  # g = [2, 0.5, 5/3]
     w3 = [[1.0, 2.0, 0.5]]  # o = [1, 2, 0.5]
     with torch.no_grad():
-        net.layers[0].weight.copy_(tensor(W_IN))  # layer-1 g = [1.5, 0.5, 2]
-        net.layers[1].weight.copy_(tensor(w2))
-        net.layers[1].bias.zero_()
-        net.layers[2].weight.copy_(tensor(w3))
+        net.layers[0].weight[0].copy_(tensor(W_IN))  # layer-1 g = [1.5, 0.5, 2]
+        net.layers[1].weight[0].copy_(tensor(w2))
+        net.layers[1].bias[0].zero_()
+        net.layers[2].weight[0].copy_(tensor(w3))
     cbp = ContinualBackprop(
         net.unit_groups(),
         torch.optim.SGD(net.parameters(), lr=0.1),
@@ -296,8 +300,8 @@ def test_all_layers_are_tested_before_any_is_regenerated():
         torch.Generator().manual_seed(0),
     )
     h = tensor([[1.0, 1.0, 1.0]])
-    cbp.after_step([h, h])
-    first, second = cbp.state
+    after_step(cbp, [h, h])
+    first, second = seed_states(cbp)
     # layer 1: û = 1/g = [2/3, 2, 1/2] → unit 2 is replaced. Layer 2: û = 1/g = [1/2, 2, 3/5]
     # with its *old* incoming weights → unit 0 is replaced. (Had layer 1's generate zeroed column 2
     # of layer 2's weights first, g would be [1, 1/3, 2/3] and û = [1, 3, 3/2].)
@@ -315,14 +319,14 @@ def test_units_with_age_at_most_maturity_are_never_eligible():
     # ρ = 0.5: 0.5 · 3 = 1.5 ≥ 1 → one unit per step once eligible, and no random draw is needed
     cbp = make_cbp(net, util_type="weight", replacement_rate=0.5, maturity_threshold=3)
     for step in range(1, 4):
-        cbp.after_step([tensor(H1)])
+        after_step(cbp, [tensor(H1)])
         assert cbp.replaced_total == 0, f"replaced at step {step} with age {step} <= m = 3"
-        assert cbp.state[0]["age"].tolist() == [step] * 3
+        assert seed_states(cbp)[0]["age"].tolist() == [step] * 3
         for key, value in snapshot(net).items():
             assert torch.equal(value, before[key])
-    cbp.after_step([tensor(H1)])  # age 4 > 3
+    after_step(cbp, [tensor(H1)])  # age 4 > 3
     assert cbp.replaced_total == 1
-    assert cbp.state[0]["age"].tolist() == [4, 4, 0]  # û = o = [3, 2, .5]: unit 2 goes
+    assert seed_states(cbp)[0]["age"].tolist() == [4, 4, 0]  # û = o = [3, 2, .5]: unit 2 goes
 
 
 def test_smallest_bias_corrected_utility_among_eligible_is_replaced():
@@ -332,11 +336,11 @@ def test_smallest_bias_corrected_utility_among_eligible_is_replaced():
     Unit 1 has the smallest û but is not eligible, so unit 2 is replaced."""
     net = hand_net()
     with torch.no_grad():
-        net.layers[1].weight.copy_(tensor([[2.0, 0.1, 0.5], [-4.0, -0.1, 0.5]]))
+        net.layers[1].weight[0].copy_(tensor([[2.0, 0.1, 0.5], [-4.0, -0.1, 0.5]]))
     cbp = make_cbp(net, util_type="weight", replacement_rate=0.5, maturity_threshold=3)
-    (state,) = cbp.state
-    state["age"] = torch.tensor([5, 2, 3])
-    cbp.after_step([tensor(H1)])
+    (state,) = seed_states(cbp)
+    state["age"].copy_(torch.tensor([5, 2, 3]))
+    after_step(cbp, [tensor(H1)])
     assert state["age"].tolist() == [6, 3, 0]
     assert_values(state["bias_corrected_utility"], [1.5 * 64 / 63, 0.05 * 8 / 7, 0.0])
     assert_values(state["utility"], [1.5, 0.05, 0.0])
@@ -357,14 +361,14 @@ def test_replacement_resets_exactly_the_chosen_unit(bias_correction):
         maturity_threshold=1,
         bias_correction=bias_correction,
     )
-    cbp.after_step([tensor(H1)])
+    after_step(cbp, [tensor(H1)])
     assert cbp.replaced_total == 0
     set_weights(net, W_IN_2, B_IN, W_OUT_2, B_OUT)
-    cbp.after_step([tensor(H2)])
+    after_step(cbp, [tensor(H2)])
     assert cbp.replaced_total == 1
 
-    w_in, b_in = net.layers[0].weight, net.layers[0].bias
-    w_out, b_out = net.layers[1].weight, net.layers[1].bias
+    w_in, b_in = net.layers[0].weight[0], net.layers[0].bias[0]
+    w_out, b_out = net.layers[1].weight[0], net.layers[1].bias[0]
     # the replaced unit
     assert w_out[:, 1].tolist() == [0.0, 0.0]
     assert b_in[1].item() == 0.0
@@ -379,7 +383,7 @@ def test_replacement_resets_exactly_the_chosen_unit(bias_correction):
     expected_bias = [0.25, -0.75 + 3.0] if bias_correction else B_OUT
     assert_values(b_out, expected_bias)
     # its state is zero, the others' is as the hand table says
-    (state,) = cbp.state
+    (state,) = seed_states(cbp)
     assert state["age"].tolist() == [2, 0, 2]
     assert_values(state["utility"], [1.25, 0.0, 1.625])
     assert_values(state["bias_corrected_utility"], [5 / 3, 0.0, 13 / 6])
@@ -392,15 +396,15 @@ def test_bias_correction_uses_bias_corrected_mean_activation():
     so o'' = [1, 4, 0.5] and unit 2 is replaced at step 2."""
     net = hand_net()
     cbp = make_cbp(net, util_type="contribution", replacement_rate=0.4, maturity_threshold=1)
-    cbp.after_step([tensor(H1)])
+    after_step(cbp, [tensor(H1)])
     w_out = [[1.0, 4.0, 0.5], [1.0, 4.0, -0.5]]
     set_weights(net, W_IN_2, B_IN, w_out, B_OUT)
-    cbp.after_step([tensor(H2)])
+    after_step(cbp, [tensor(H2)])
     # û: u2 = 0.25·[6, 1, .5] + 0.5·o''·[1, 2, 3] = [1.5 + .5, .25 + 4, .125 + .75]; /0.75
     # → [8/3, 17/3, 7/6]: unit 2 is replaced; f̂_2 = 1.75/0.75 = 7/3 (f̄_2 alone would be 1.75)
-    assert cbp.state[0]["age"].tolist() == [2, 2, 0]
-    assert_values(net.layers[1].bias, [0.25 + 0.5 * 7 / 3, -0.75 - 0.5 * 7 / 3])
-    assert net.layers[1].weight[:, 2].tolist() == [0.0, 0.0]
+    assert seed_states(cbp)[0]["age"].tolist() == [2, 2, 0]
+    assert_values(net.layers[1].bias[0], [0.25 + 0.5 * 7 / 3, -0.75 - 0.5 * 7 / 3])
+    assert net.layers[1].weight[0][:, 2].tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(
@@ -419,24 +423,24 @@ def test_bias_correction_uses_bias_corrected_mean_activation():
 def test_new_incoming_weights_fill_the_init_bound(scheme, activation, bound):
     """ρ = 1 and m = 0 replace all 200 units of a 4 → 200 → 1 net: 800 fresh draws must lie in
     [−B, B] and reach close to B (P(all < 0.97·B) = 0.97^800 ≈ 3e-11), with mean |w| ≈ B/2."""
-    net = MLP([4, 200, 1], activation, generator=torch.Generator().manual_seed(0))
+    net = MLP([4, 200, 1], activation, generators=[torch.Generator().manual_seed(0)])
     with torch.no_grad():
-        net.layers[0].weight.fill_(100.0)  # far outside every bound: every entry must be redrawn
-        net.layers[0].bias.fill_(1.0)
+        net.layers[0].weight[0].fill_(100.0)  # far outside every bound: every entry must be redrawn
+        net.layers[0].bias[0].fill_(1.0)
     cbp = ContinualBackprop(
         net.unit_groups(),
         torch.optim.SGD(net.parameters(), lr=0.1),
         CBPConfig(replacement_rate=1.0, maturity_threshold=0, init=scheme, util_type="weight"),
         torch.Generator().manual_seed(3),
     )
-    cbp.after_step([torch.zeros(5, 200)])
+    after_step(cbp, [torch.zeros(5, 200)])
     assert cbp.replaced_total == 200
-    weights = net.layers[0].weight.abs()
+    weights = net.layers[0].weight[0].abs()
     assert weights.max().item() <= bound * (1 + 1e-6)
     assert weights.max().item() >= 0.97 * bound
     assert weights.mean().item() == pytest.approx(bound / 2, rel=0.06)
-    assert net.layers[0].bias.abs().max().item() == 0.0
-    assert net.layers[1].weight.abs().max().item() == 0.0
+    assert net.layers[0].bias[0].abs().max().item() == 0.0
+    assert net.layers[1].weight[0].abs().max().item() == 0.0
 
 
 # --- optimizer-state reset ----------------------------------------------------------------------
@@ -457,7 +461,10 @@ def _populated_optimizer(net: MLP, kind: str) -> torch.optim.Optimizer:
 
 
 def _optimizer_state(opt: torch.optim.Optimizer, net: MLP) -> list[dict[str, torch.Tensor]]:
-    return [{k: v.clone() for k, v in opt.state[p].items()} for p in net.parameters()]
+    """The one seed's slice of each parameter's optimizer state (a scalar step count as it is)."""
+    return [
+        {k: v[0].clone() if v.dim() else v.clone() for k, v in opt.state[p].items()} for p in net.parameters()
+    ]
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd_momentum", "torch_sgd_momentum"])
@@ -480,8 +487,8 @@ def test_optimizer_state_of_replaced_unit(kind, reset):
         maturity_threshold=0,
         reset_optimizer_state=reset,
     )
-    cbp.after_step([tensor(H1)])
-    assert cbp.state[0]["age"].tolist() == [1, 1, 0]
+    after_step(cbp, [tensor(H1)])
+    assert seed_states(cbp)[0]["age"].tolist() == [1, 1, 0]
     after = _optimizer_state(opt, net)
     w_in, b_in, w_out, b_out = range(4)
     for key in keys:
@@ -511,13 +518,13 @@ def test_optimizer_reset_with_sgd_without_momentum_is_harmless(repo_sgd):
         param.grad = torch.ones_like(param)
     opt.step()
     cbp = make_cbp(net, optimizer=opt, util_type="weight", replacement_rate=0.4, maturity_threshold=0)
-    cbp.after_step([tensor(H1)])
+    after_step(cbp, [tensor(H1)])
     assert cbp.replaced_total == 1
 
 
 # --- the replacement rule -----------------------------------------------------------------------
 def _wide_net(width: int = 4) -> MLP:
-    return MLP([2, width, 1], "relu", generator=torch.Generator().manual_seed(1))
+    return MLP([2, width, 1], "relu", generators=[torch.Generator().manual_seed(1)])
 
 
 def test_accumulate_carries_the_fraction():
@@ -534,13 +541,13 @@ def test_accumulate_carries_the_fraction():
     replacing_steps = []
     for t in range(1, 21):
         before = cbp.replaced_total
-        cbp.after_step([h])
+        after_step(cbp, [h])
         crossed = math.floor(Fraction(2, 5) * t) - math.floor(Fraction(2, 5) * (t - 1))
         assert cbp.replaced_total - before == crossed, f"step {t}"
         if crossed:
             replacing_steps.append(t)
         remainder = float(Fraction(2, 5) * t - math.floor(Fraction(2, 5) * t))
-        assert float(cbp.state[0]["accumulated"]) == pytest.approx(remainder, abs=1e-12)
+        assert float(seed_states(cbp)[0]["accumulated"]) == pytest.approx(remainder, abs=1e-12)
     assert replacing_steps == [3, 5, 8, 10, 13, 15, 18, 20]
 
 
@@ -554,12 +561,13 @@ def test_accumulate_does_not_draw_from_the_generator_to_decide():
         gen,
     )
     state = gen.get_state()
-    cbp.after_step([torch.ones(1, 4)])  # 0.4: no replacement, so nothing to draw at all
+    after_step(cbp, [torch.ones(1, 4)])  # 0.4: no replacement, so nothing to draw at all
     assert torch.equal(gen.get_state(), state)
 
 
-def test_probabilistic_rule_follows_the_generator():
-    """r = 0.1·4 = 0.4 < 1: one unit iff the step's U(0,1) draw is below 0.4."""
+def test_probabilistic_rule_follows_the_counter_stream():
+    """r = 0.1·4 = 0.4 < 1: one unit iff the step's U(0,1) draw (the seed's counter stream 1, this
+    group's, at the step) is below 0.4."""
     net = _wide_net()
     cbp = ContinualBackprop(
         net.unit_groups(),
@@ -569,14 +577,14 @@ def test_probabilistic_rule_follows_the_generator():
     )
     outcomes = []
     for _ in range(40):
-        draw = torch.rand(1, generator=cloned(cbp.generator)).item()
+        draw = counter_rng.uniform(cbp.keys, cbp.steps, 1, 1, torch.float64)[0, 0].item()
         before = cbp.replaced_total
-        cbp.after_step([torch.ones(1, 4)])
+        after_step(cbp, [torch.ones(1, 4)])
         expected = 1 if draw < 0.4 else 0
         assert cbp.replaced_total - before == expected
         outcomes.append(expected)
     assert 0 < sum(outcomes) < len(outcomes)  # both branches were exercised
-    assert float(cbp.state[0]["accumulated"]) == 0.0
+    assert float(seed_states(cbp)[0]["accumulated"]) == 0.0
 
 
 def test_probabilistic_rule_with_rate_at_least_one_replaces_int_r():
@@ -587,9 +595,9 @@ def test_probabilistic_rule_with_rate_at_least_one_replaces_int_r():
         CBPConfig(replacement_rate=0.45, maturity_threshold=0, util_type="weight"),
         torch.Generator().manual_seed(0),
     )
-    cbp.after_step([torch.ones(1, 6)])  # r = 0.45·6 = 2.7 → int(r) = 2
+    after_step(cbp, [torch.ones(1, 6)])  # r = 0.45·6 = 2.7 → int(r) = 2
     assert cbp.replaced_total == 2
-    assert int((cbp.state[0]["age"] == 0).sum()) == 2
+    assert int((seed_states(cbp)[0]["age"] == 0).sum()) == 2
 
 
 @pytest.mark.parametrize(("base", "per_step"), [("eligible", 0.1), ("width", 0.4)])
@@ -609,11 +617,11 @@ def test_replacement_base(base, per_step):
         ),
         torch.Generator().manual_seed(0),
     )
-    cbp.state[0]["age"] = torch.tensor([5, 0, 0, 0])
-    cbp.after_step([torch.ones(1, 4)])
-    assert float(cbp.state[0]["accumulated"]) == pytest.approx(per_step, abs=1e-12)
-    cbp.after_step([torch.ones(1, 4)])
-    assert float(cbp.state[0]["accumulated"]) == pytest.approx(2 * per_step, abs=1e-12)
+    seed_states(cbp)[0]["age"].copy_(torch.tensor([5, 0, 0, 0]))
+    after_step(cbp, [torch.ones(1, 4)])
+    assert float(seed_states(cbp)[0]["accumulated"]) == pytest.approx(per_step, abs=1e-12)
+    after_step(cbp, [torch.ones(1, 4)])
+    assert float(seed_states(cbp)[0]["accumulated"]) == pytest.approx(2 * per_step, abs=1e-12)
     assert cbp.replaced_total == 0
 
 
@@ -632,10 +640,10 @@ def test_width_base_accumulates_only_on_steps_with_an_eligible_unit():
         torch.Generator().manual_seed(0),
     )
     for _ in range(2):
-        cbp.after_step([torch.ones(1, 4)])
-        assert float(cbp.state[0]["accumulated"]) == 0.0
-    cbp.after_step([torch.ones(1, 4)])  # ages 3 > 2
-    assert float(cbp.state[0]["accumulated"]) == pytest.approx(0.4, abs=1e-12)
+        after_step(cbp, [torch.ones(1, 4)])
+        assert float(seed_states(cbp)[0]["accumulated"]) == 0.0
+    after_step(cbp, [torch.ones(1, 4)])  # ages 3 > 2
+    assert float(seed_states(cbp)[0]["accumulated"]) == pytest.approx(0.4, abs=1e-12)
 
 
 def test_probabilistic_width_base_uses_layer_width():
@@ -653,9 +661,9 @@ def test_probabilistic_width_base_uses_layer_width():
         ),
         torch.Generator().manual_seed(0),
     )
-    cbp.state[0]["age"] = torch.tensor([5, 0, 0, 0])
-    cbp.after_step([torch.ones(1, 4)])
-    assert cbp.state[0]["age"].tolist() == [0, 1, 1, 1]
+    seed_states(cbp)[0]["age"].copy_(torch.tensor([5, 0, 0, 0]))
+    after_step(cbp, [torch.ones(1, 4)])
+    assert seed_states(cbp)[0]["age"].tolist() == [0, 1, 1, 1]
     assert cbp.replaced_total == 1
 
 
@@ -668,30 +676,40 @@ def _flattened_group():
         incoming.bias.copy_(tensor([0.1, 0.2, 0.3]))
         outgoing.weight.copy_(tensor([[1.0, -3.0, 2.0, 2.0, -0.5, 0.5], [1.0, 1.0, 0.0, -4.0, 0.5, 0.5]]))
         outgoing.bias.copy_(tensor([0.1, 0.2]))
-    return UnitGroup("flat", incoming, outgoing, "relu", fan_out_per_unit=2)
+    return UnitGroup.of_modules("flat", incoming, outgoing, "relu", fan_out_per_unit=2), incoming, outgoing
 
 
 def test_unit_group_geometry_with_two_columns_per_unit():
-    group = _flattened_group()
-    assert group.width == 3
-    assert group.fan_in == 2
-    assert group.fan_out == 3
-    assert group.outgoing_columns(torch.tensor([0, 2])).tolist() == [0, 1, 4, 5]
-    assert group.outgoing_columns(torch.tensor([1])).tolist() == [2, 3]
+    group, _, outgoing = _flattened_group()
+    assert (group.seeds, group.width, group.fan_in, group.fan_out) == (1, 3, 2, 3)
+    # unit axis 2, a unit's two columns last: unit 0 owns columns 0-1, unit 2 columns 4-5
+    by_unit = group.outgoing_by_unit()
+    assert by_unit.shape == (1, 2, 3, 2)
+    assert by_unit[0, :, 2].tolist() == outgoing.weight[:, 4:6].tolist()
+    by_unit[0, 1, 2, 1] = 7.0  # a view: writes reach the layer
+    assert outgoing.weight[1, 5].item() == 7.0
+    by_unit[0, 1, 2, 1] = 0.5
     # mean |w| over both outputs and both columns: (1+3+1+1)/4, (2+2+0+4)/4, (4·0.5)/4
-    assert_values(group.outgoing_magnitude(), [1.5, 2.0, 0.5])
-    assert_values(group.incoming_magnitude(), [1.0, 1.0, 0.5])
-    # per unit and output, the unit's columns summed: unit 0 → [1 − 3, 1 + 1], unit 2 → [0, 1]
-    assert group.outgoing_sum(torch.tensor([0, 2])).tolist() == [[-2.0, 2.0], [0.0, 1.0]]
+    assert_values(group.outgoing_magnitude(), [[1.5, 2.0, 0.5]])
+    assert_values(group.incoming_magnitude(), [[1.0, 1.0, 0.5]])
 
 
 def test_unit_group_geometry_of_an_mlp():
-    net = MLP([2, 3, 3, 1], "tanh", generator=torch.Generator().manual_seed(0))
+    net = MLP([2, 3, 3, 1], "tanh", generators=[torch.Generator().manual_seed(0)])
     groups = net.unit_groups()
     assert [g.name for g in groups] == ["hidden0", "hidden1"]
-    assert groups[0].incoming is net.layers[0] and groups[0].outgoing is net.layers[1]
-    assert groups[1].incoming is net.layers[1] and groups[1].outgoing is net.layers[2]
-    assert all(g.activation == "tanh" and g.fan_out_per_unit == 1 for g in groups)
+    assert (
+        groups[0].incoming.tensor is net.layers[0].weight
+        and groups[0].outgoing.tensor is net.layers[1].weight
+    )
+    assert (
+        groups[1].incoming.tensor is net.layers[1].weight
+        and groups[1].outgoing.tensor is net.layers[2].weight
+    )
+    assert groups[0].incoming_bias.tensor is net.layers[0].bias
+    assert groups[0].outgoing_bias.tensor is net.layers[1].bias
+    assert groups[0].incoming.of().shape == (1, 3, 2) and groups[1].outgoing.of().shape == (1, 1, 3)
+    assert all(g.activation == "tanh" and g.fan_out_per_unit == 1 and g.seeds == 1 for g in groups)
 
 
 @pytest.mark.parametrize("bias_correction", [True, False])
@@ -700,14 +718,14 @@ def test_cbp_on_two_columns_per_unit(bias_correction):
     product per column, then the mean over the unit's columns: column magnitudes [1, 2 | 1, 3 | .5, .5]
     times mean|h| per column [1, 3 | 2, 0 | 1, 1] → û = [3.5, 1, 0.5] → unit 2 (columns 4 and 5) is
     replaced. Bias correction adds f̂_2 · (sum of its columns per output) = 1 · [0, 1]."""
-    group = _flattened_group()
-    params = [group.incoming.weight, group.incoming.bias, group.outgoing.weight, group.outgoing.bias]
+    group, incoming, outgoing = _flattened_group()
+    params = [incoming.weight, incoming.bias, outgoing.weight, outgoing.bias]
     opt = torch.optim.SGD(params, lr=0.0, momentum=0.5)
     for index, param in enumerate(params):
         param.grad = torch.full_like(param, float(index + 1))
     opt.step()
-    old_out = group.outgoing.weight.detach().clone()
-    old_in = group.incoming.weight.detach().clone()
+    old_out = outgoing.weight.detach().clone()
+    old_in = incoming.weight.detach().clone()
     cbp = ContinualBackprop(
         [group],
         opt,
@@ -722,15 +740,15 @@ def test_cbp_on_two_columns_per_unit(bias_correction):
     )
     h = tensor([[[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]], [[1.0, 3.0], [4.0, 0.0], [0.0, 0.0]]])
     cbp.after_step([h])
-    (state,) = cbp.state
+    (state,) = seed_states(cbp)
     assert_values(state["utility"], [1.75, 0.5, 0.0])  # (1 − η)·û, η = 0.5
     assert state["age"].tolist() == [1, 1, 0]
-    weight = group.outgoing.weight
+    weight = outgoing.weight
     assert weight[:, 4:6].tolist() == [[0.0, 0.0], [0.0, 0.0]]
     assert torch.equal(weight[:, :4], old_out[:, :4])
-    assert torch.equal(group.incoming.weight[:2], old_in[:2])
-    assert group.incoming.bias[2].item() == 0.0
-    assert_values(group.outgoing.bias, [0.1, 1.2] if bias_correction else [0.1, 0.2])
+    assert torch.equal(incoming.weight[:2], old_in[:2])
+    assert incoming.bias[2].item() == 0.0
+    assert_values(outgoing.bias, [0.1, 1.2] if bias_correction else [0.1, 0.2])
     buffers = [opt.state[p]["momentum_buffer"] for p in params]
     assert buffers[0][2].tolist() == [0.0, 0.0] and (buffers[0][:2] == 1.0).all()
     assert buffers[1].tolist() == [2.0, 2.0, 0.0]
@@ -755,7 +773,7 @@ def test_state_dict_round_trip_continues_identically(settings):
     cfg = CBPConfig(decay_rate=0.9, **settings)
 
     def build():
-        net = MLP([3, 5, 4, 2], "relu", generator=torch.Generator().manual_seed(4))
+        net = MLP([3, 5, 4, 2], "relu", generators=[torch.Generator().manual_seed(4)])
         opt = Adam(net.parameters(), lr=0.01)
         gen = torch.Generator().manual_seed(99)
         return net, opt, gen, ContinualBackprop(net.unit_groups(), opt, cfg, gen)
@@ -764,9 +782,9 @@ def test_state_dict_round_trip_continues_identically(settings):
     batches = [(torch.randn(4, 3, generator=data), torch.randn(4, 2, generator=data)) for _ in range(16)]
 
     def step(net, opt, cbp, x, y):
-        out, acts = net(x)
+        out, acts = net(x.unsqueeze(0))
         opt.zero_grad()
-        torch.nn.functional.mse_loss(out, y).backward()
+        torch.nn.functional.mse_loss(out, y.unsqueeze(0)).backward()
         opt.step()
         cbp.after_step([a.detach() for a in acts])
 
@@ -807,7 +825,7 @@ def test_state_dict_round_trip_continues_identically(settings):
 def test_state_dict_is_a_copy_and_holds_everything():
     net = hand_net()
     cbp = make_cbp(net, util_type="weight", replacement_rate=0.1, accumulate=True, maturity_threshold=0)
-    cbp.after_step([tensor(H1)])
+    after_step(cbp, [tensor(H1)])
     saved = cbp.state_dict()
     assert set(saved["groups"][0]) == {
         "utility",
@@ -817,13 +835,13 @@ def test_state_dict_is_a_copy_and_holds_everything():
         "accumulated",
     }
     assert float(saved["groups"][0]["accumulated"]) == pytest.approx(0.3)
-    cbp.after_step([tensor(H1)])
-    assert saved["groups"][0]["age"].tolist() == [1, 1, 1]  # not aliased to the live state
+    after_step(cbp, [tensor(H1)])
+    assert saved["groups"][0]["age"].tolist() == [[1, 1, 1]]  # not aliased to the live state
     fresh = make_cbp(
         hand_net(), util_type="weight", replacement_rate=0.1, accumulate=True, maturity_threshold=0
     )
     fresh.load_state_dict(saved)
-    assert fresh.state[0]["age"].tolist() == [1, 1, 1]
+    assert fresh.state[0]["age"].tolist() == [[1, 1, 1]]
     assert float(fresh.state[0]["accumulated"]) == pytest.approx(0.3)
 
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from lop_ray.algos import CBPConfig
-from lop_ray.algos.seed_batched import SeedBatchedContinualBackprop
+from lop_ray.algos.cbp import ContinualBackprop
 from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
-from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -44,9 +43,20 @@ LEARNERS = {
 }
 
 
-def _experiment(name: str, device: str = "cpu", per_step: int = 50) -> SeedBatchedRegressionExperiment:
+def _experiment(name: str, device: str = "cpu", per_step: int = 50) -> RegressionExperiment:
     config = RegressionConfig(examples_per_step=per_step, learner=LEARNERS[name])
-    return SeedBatchedRegressionExperiment(config, SEEDS, device)
+    return RegressionExperiment(config, SEEDS, device)
+
+
+def _drawing_ahead(experiment: RegressionExperiment) -> RegressionExperiment:
+    """The experiment with its CBP drawing new weights ahead into the pool, as on a CUDA device
+    (on the CPU it draws them when needed); built before any step, so from the same generators."""
+    old = experiment.cbp
+    cbp = ContinualBackprop(old.groups, old.optimizer, old.config, old.generators, old.keys, draw_ahead=True)
+    interventions = experiment.learner.interventions
+    interventions[interventions.index(old)] = cbp
+    experiment.cbp = cbp
+    return experiment
 
 
 def _tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -61,9 +71,11 @@ def _tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", sorted(LEARNERS))
 def test_masked_replacement_every_step_equals_skipping_layers_where_no_seed_replaces(name):
-    gated, masked = _experiment(name), _experiment(name)
-    assert gated.cbp.host_gate  # on the CPU a layer where no seed replaces is skipped
-    masked.cbp.host_gate = False  # what a CUDA device runs: the masked writes on every step
+    gated, masked = _experiment(name), _drawing_ahead(_experiment(name))
+    assert gated.cbp.host_gate and not gated.cbp.draw_ahead  # on the CPU: drawn when needed, and
+    # a layer where no seed replaces is skipped
+    masked.cbp.host_gate = False  # what a CUDA device runs: the masked writes on every step, new
+    # weights from the pool
     assert [masked.run_step() for _ in range(3)] == [gated.run_step() for _ in range(3)]
     assert all(m["replaced_units"] > 0 for m in masked.run_step())
     gated.run_step()
@@ -74,16 +86,16 @@ def test_masked_replacement_every_step_equals_skipping_layers_where_no_seed_repl
 
 
 def test_new_weights_take_exactly_the_seeds_own_draws_across_refills_and_checkpoints(monkeypatch):
-    monkeypatch.setattr(SeedBatchedContinualBackprop, "refill_steps", 3)
+    monkeypatch.setattr(ContinualBackprop, "refill_steps", 3)
     name = "several_per_step_original_adam"
-    straight, interrupted = _experiment(name), _experiment(name)
+    straight, interrupted = _drawing_ahead(_experiment(name)), _drawing_ahead(_experiment(name))
     for _ in range(2):
         straight.run_step()
     interrupted.run_step()
     interrupted.state_dict()  # a checkpoint between refills moves the pool's bookkeeping
     interrupted.run_step()
     saved = interrupted.state_dict()
-    resumed = _experiment(name)
+    resumed = _drawing_ahead(_experiment(name))
     resumed.load_state_dict(saved)
     assert resumed.run_step() == straight.run_step()
     states = resumed.cbp.state_dict()["generators"]
@@ -99,8 +111,8 @@ HOST_READS = ("item", "tolist", "cpu", "nonzero", "__bool__", "__int__", "__floa
 
 
 def test_the_masked_step_reads_from_the_device_only_to_refill_its_pool(monkeypatch):
-    monkeypatch.setattr(SeedBatchedContinualBackprop, "refill_steps", 4)
-    experiment = _experiment("contribution_momentum", per_step=40)
+    monkeypatch.setattr(ContinualBackprop, "refill_steps", 4)
+    experiment = _drawing_ahead(_experiment("contribution_momentum", per_step=40))
     cbp = experiment.cbp
     cbp.host_gate = False  # what a CUDA device runs: masked writes, PyTorch's statistics
     cbp.compiled_statistics = [False] * len(cbp.compiled_statistics)
@@ -151,9 +163,9 @@ def test_a_cuda_batch_follows_the_cpu_batch(name):
 @needs_cuda
 def test_a_cuda_single_seed_learner_follows_the_cpu_one():
     config = RegressionConfig(seed=4, examples_per_step=200, learner=LEARNERS["probabilistic"])
-    cpu, cuda = RegressionExperiment(config, "cpu"), RegressionExperiment(config, "cuda")
+    cpu, cuda = RegressionExperiment(config, device="cpu"), RegressionExperiment(config, device="cuda")
     for _ in range(2):
         expected, got = cpu.run_step(), cuda.run_step()
         assert got["replaced_units"] == expected["replaced_units"] > 0
         assert got["squared_error"] == pytest.approx(expected["squared_error"], rel=1e-3)
-    assert torch.equal(cpu.cbp.generator.get_state(), cuda.cbp.generator.get_state())
+    assert torch.equal(cpu.cbp.generators[0].get_state(), cuda.cbp.generators[0].get_state())

@@ -35,7 +35,7 @@ def test_only_the_algorithms_with_fidelity_options_change(tmp_path):
     results = {}
     for trial in sweep.trials:
         experiment = PermutedMNISTExperiment(config_from_trial(trial), dataset)
-        results[(trial["algorithm"], trial["fidelity"])] = [experiment.run_step() for _ in range(2)]
+        results[(trial["algorithm"], trial["fidelity"])] = [experiment.run_step()[0] for _ in range(2)]
     assert results[("bp", "original")] == results[("bp", "corrected")]
     original, corrected = results[("cbp", "original")], results[("cbp", "corrected")]
     assert original[0]["replaced_units"] > 0

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from lop_ray.metrics import dead_units, effective_rank, layer_weight_sums, rank_summaries
+from lop_ray.metrics import dead_units, effective_rank, rank_summaries
 from lop_ray.nets import MLP
 
 
@@ -45,9 +45,11 @@ def test_dead_units_are_zero_on_every_probe_example():
     assert dead_units(h) == 2
 
 
-def test_layer_weight_sums_follow_the_layers():
-    net = MLP([3, 4, 2])
+def test_weight_sums_follow_the_layers_per_seed():
+    net = MLP([3, 4, 2], generators=[None, None])
     with torch.no_grad():
-        net.layers[0].weight.fill_(-0.5)
-        net.layers[1].weight.fill_(2.0)
-    assert layer_weight_sums(net) == [6.0, 16.0]
+        net.layers[0].weight[0].fill_(-0.5)
+        net.layers[1].weight[0].fill_(2.0)
+        net.layers[0].weight[1].fill_(1.0)
+        net.layers[1].weight[1].fill_(0.25)
+    assert net.weight_abs_sums() == [[6.0, 16.0], [12.0, 2.0]]

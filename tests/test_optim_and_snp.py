@@ -11,9 +11,17 @@ import pytest
 import torch
 from torch import nn
 
-from lop_ray.algos import Adam, Backprop, ShrinkAndPerturb, make_optimizer, reset_optimizer_entries
+from lop_ray.algos import (
+    Adam,
+    Backprop,
+    ShrinkAndPerturb,
+    counter_rng,
+    make_optimizer,
+    reset_optimizer_entries,
+)
 from lop_ray.nets import MLP, init_bound, init_gain
 from lop_ray.nets.activations import make_activation
+from lop_ray.nets.units import SeedView
 
 # Tolerances for "matches torch.optim" over 20 steps (parameters of magnitude ~1): only the order
 # of floating-point operations differs (per-element vs per-tensor bias correction), so float64
@@ -23,15 +31,15 @@ ATOL = {torch.float64: 1e-14, torch.float32: 5e-7}
 
 
 def _train(factory, dtype: torch.dtype, steps: int = 20):
-    net = MLP([3, 4, 2], "tanh", generator=torch.Generator().manual_seed(0)).to(dtype)
+    net = MLP([3, 4, 2], "tanh", generators=[torch.Generator().manual_seed(0)]).to(dtype)
     with torch.no_grad():
         for param in net.parameters():
             param.add_(0.1)  # non-zero biases so that weight decay acts on every tensor
     opt = factory(net.parameters())
     data = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        x = torch.randn(5, 3, generator=data).to(dtype)
-        y = torch.randn(5, 2, generator=data).to(dtype)
+        x = torch.randn(1, 5, 3, generator=data).to(dtype)  # one seed's batch of 5
+        y = torch.randn(1, 5, 2, generator=data).to(dtype)
         out, _ = net(x)
         opt.zero_grad()
         nn.functional.mse_loss(out, y).backward()
@@ -66,7 +74,7 @@ def test_matches_torch_reference_without_resets(case, dtype):
     mine, reference = REFERENCE_CASES[case]
     net_a, opt_a = _train(mine, dtype)
     net_b, opt_b = _train(reference, dtype)
-    start = MLP([3, 4, 2], "tanh", generator=torch.Generator().manual_seed(0))
+    start = MLP([3, 4, 2], "tanh", generators=[torch.Generator().manual_seed(0)])
     for a, b, s in zip(net_a.parameters(), net_b.parameters(), start.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=ATOL[dtype], rtol=0)
         assert (a.double() - s.double() - 0.1).abs().max() > 1e-3  # they did move
@@ -250,34 +258,51 @@ def test_adam_checkpoint_keeps_per_element_steps():
 
 
 # --- shrink and perturb -------------------------------------------------------------------------
-def test_perturb_adds_generator_noise_of_the_given_scale():
-    a, b = nn.Parameter(torch.ones(3, 2)), nn.Parameter(torch.full((4,), -2.0))
+def test_perturb_adds_counter_noise_of_the_given_scale():
+    """Each seed's noise at step t is the counter stream's normals for (its key, t), laid over
+    its parameters in order; parameters not given are untouched."""
+    a, b = nn.Parameter(torch.ones(2, 3, 2)), nn.Parameter(torch.full((2, 4), -2.0))  # 2 seeds
     untouched = nn.Parameter(torch.zeros(5))
-    gen = torch.Generator().manual_seed(123)
-    twin = torch.Generator().manual_seed(123)
-    snp = ShrinkAndPerturb([a, b], perturb_scale=0.01, generator=gen)
-    snp.after_step([])
-    expected_a = 1.0 + 0.01 * torch.randn(3, 2, generator=twin)
-    expected_b = -2.0 + 0.01 * torch.randn(4, generator=twin)
-    torch.testing.assert_close(a.detach(), expected_a, atol=1e-7, rtol=0)
-    torch.testing.assert_close(b.detach(), expected_b, atol=1e-7, rtol=0)
+    keys = counter_rng.seed_keys([3, 8])
+    snp = ShrinkAndPerturb([SeedView.whole(a), SeedView.whole(b)], perturb_scale=0.01, keys=keys)
+    for step in range(2):
+        before_a, before_b = a.detach().clone(), b.detach().clone()
+        snp.after_step([])
+        noise = counter_rng.normal(keys, step, ShrinkAndPerturb.stream, 10)  # (2 seeds, 6 + 4)
+        torch.testing.assert_close(
+            a.detach(), before_a + 0.01 * noise[:, :6].reshape(2, 3, 2), atol=1e-7, rtol=0
+        )
+        torch.testing.assert_close(b.detach(), before_b + 0.01 * noise[:, 6:], atol=1e-7, rtol=0)
     assert untouched.tolist() == [0.0] * 5
-    assert snp.state_dict() == {}
+    assert snp.state_dict() == {"steps": 2}
+
+
+def test_perturb_a_seed_as_it_is_alone():
+    """Seed 8's parameters move the same in a batch with seed 3 as alone (S = 1, a module's
+    parameter seen through `SeedView.split`)."""
+    pair = nn.Parameter(torch.zeros(2, 4, 3))
+    alone = nn.Parameter(torch.zeros(4, 3))
+    batch = ShrinkAndPerturb([SeedView.whole(pair)], 0.1, counter_rng.seed_keys([3, 8]))
+    single = ShrinkAndPerturb([SeedView.split(alone)], 0.1, counter_rng.seed_keys([8]))
+    for _ in range(3):
+        batch.after_step([])
+        single.after_step([])
+    assert torch.equal(pair[1], alone) and not torch.equal(pair[0], alone)
 
 
 def test_perturb_noise_statistics():
     """200×200 = 40,000 draws: the sample std is σ within 2% and the mean 0 within 4 σ/√n."""
     sigma = 0.003
     p = nn.Parameter(torch.zeros(200, 200, dtype=torch.float64))
-    ShrinkAndPerturb([p], sigma, torch.Generator().manual_seed(0)).after_step([])
+    ShrinkAndPerturb([SeedView.split(p)], sigma, counter_rng.seed_keys([0])).after_step([])
     assert p.std().item() == pytest.approx(sigma, rel=0.02)
     assert abs(p.mean().item()) < 4 * sigma / 200
 
 
 def test_perturb_is_reproducible_from_the_seed():
     def run(seed):
-        net = MLP([3, 4, 1], "relu", generator=torch.Generator().manual_seed(0))
-        snp = ShrinkAndPerturb(net.parameters(), 0.1, torch.Generator().manual_seed(seed))
+        net = MLP([3, 4, 1], "relu", generators=[torch.Generator().manual_seed(0)])
+        snp = ShrinkAndPerturb(net.parameter_views(), 0.1, counter_rng.seed_keys([seed]))
         for _ in range(3):
             snp.after_step([])
         return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
@@ -294,7 +319,7 @@ B_OUT = [0.25]
 
 
 def _hand_net() -> MLP:
-    net = MLP([2, 3, 1], "relu", generator=torch.Generator().manual_seed(0))
+    net = MLP([2, 3, 1], "relu", generators=[torch.Generator().manual_seed(0)])
     with torch.no_grad():
         net.layers[0].weight.copy_(torch.tensor(W_IN))
         net.layers[0].bias.copy_(torch.tensor(B_IN))
@@ -339,10 +364,10 @@ def test_backprop_learn_by_hand(optimizer):
         nn.functional.mse_loss,
         [Recorder("first", log, net), Recorder("second", log, net)],
     )
-    x, y = torch.tensor([[1.0, 0.5]]), torch.tensor([[1.3]])
+    x, y = torch.tensor([[[1.0, 0.5]]]), torch.tensor([[[1.3]]])
     loss, output = learner.learn(x, y)
     assert loss.item() == pytest.approx(1.0, abs=1e-6)
-    assert output.shape == (1, 1) and output.item() == pytest.approx(0.3, abs=1e-6)
+    assert output.shape == (1, 1, 1) and output.item() == pytest.approx(0.3, abs=1e-6)
     assert not loss.requires_grad and not output.requires_grad
     expected = {
         "layers.0.weight": [[1.4, -1.8], [0.3, 0.4], [-0.9, 3.05]],
@@ -351,15 +376,15 @@ def test_backprop_learn_by_hand(optimizer):
         "layers.1.bias": [0.45],
     }
     for key, value in expected.items():
-        torch.testing.assert_close(net.state_dict()[key], torch.tensor(value), atol=1e-6, rtol=0)
+        torch.testing.assert_close(net.state_dict()[key], torch.tensor([value]), atol=1e-6, rtol=0)
     # the interventions ran after the optimizer step, in order, on this step's detached activations
     assert [entry[0] for entry in log] == ["first", "second"]
     for _, activations, weights, live in log:
         assert len(activations) == 1
-        torch.testing.assert_close(activations[0], torch.tensor([[0.1, 0.55, 0.8]]))
+        torch.testing.assert_close(activations[0], torch.tensor([[[0.1, 0.55, 0.8]]]))
         assert not live[0].requires_grad
         for key, value in expected.items():
-            torch.testing.assert_close(weights[key], torch.tensor(value), atol=1e-6, rtol=0)
+            torch.testing.assert_close(weights[key], torch.tensor([value]), atol=1e-6, rtol=0)
     # the next loss is that of the updated network: h = [1, 0.1, 1.025], out = 3.0575
     loss, output = learner.learn(x, y)
     assert output.item() == pytest.approx(3.0575, abs=1e-5)
@@ -387,14 +412,14 @@ def test_backprop_interventions_see_the_changes_of_earlier_ones():
         nn.functional.mse_loss,
         [Zero(), Recorder("r", log, net)],
     )
-    learner.learn(torch.tensor([[1.0, 0.5]]), torch.tensor([[1.3]]))
-    assert log[0][2]["layers.1.bias"].tolist() == [0.0]
+    learner.learn(torch.tensor([[[1.0, 0.5]]]), torch.tensor([[[1.3]]]))
+    assert log[0][2]["layers.1.bias"].tolist() == [[0.0]]
 
 
 def test_backprop_state_dict_round_trip_and_mismatch():
     net = _hand_net()
     learner = Backprop(net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), nn.functional.mse_loss)
-    learner.learn(torch.tensor([[1.0, 0.5]]), torch.tensor([[1.3]]))
+    learner.learn(torch.tensor([[[1.0, 0.5]]]), torch.tensor([[[1.3]]]))
     # through bytes, as checkpoints are: state_dict() holds live references (PyTorch's convention)
     buffer = io.BytesIO()
     torch.save(learner.state_dict(), buffer)
@@ -406,8 +431,8 @@ def test_backprop_state_dict_round_trip_and_mismatch():
     )
     other.load_state_dict(saved)
     for _ in range(2):
-        a = learner.learn(torch.tensor([[0.3, -1.0]]), torch.tensor([[0.2]]))[0]
-        b = other.learn(torch.tensor([[0.3, -1.0]]), torch.tensor([[0.2]]))[0]
+        a = learner.learn(torch.tensor([[[0.3, -1.0]]]), torch.tensor([[[0.2]]]))[0]
+        b = other.learn(torch.tensor([[[0.3, -1.0]]]), torch.tensor([[[0.2]]]))[0]
         assert a.item() == b.item()
     with_intervention = Backprop(
         _hand_net(),
@@ -479,20 +504,20 @@ def test_make_activation_rejects_unknown():
 
 def test_mlp_forward_by_hand():
     """tanh net: h = tanh([0.1, 0.55, 0.8]), out = W_out·h + 0.25, one activation per hidden layer."""
-    net = MLP([2, 3, 1], "tanh", generator=torch.Generator().manual_seed(0))
+    net = MLP([2, 3, 1], "tanh", generators=[torch.Generator().manual_seed(0)])
     with torch.no_grad():
         net.layers[0].weight.copy_(torch.tensor(W_IN))
         net.layers[0].bias.copy_(torch.tensor(B_IN))
         net.layers[1].weight.copy_(torch.tensor(W_OUT))
         net.layers[1].bias.copy_(torch.tensor(B_OUT))
-    out, activations = net(torch.tensor([[1.0, 0.5]]))
+    out, activations = net(torch.tensor([[[1.0, 0.5]]]))
     h = [math.tanh(0.1), math.tanh(0.55), math.tanh(0.8)]
     assert len(activations) == 1
-    assert activations[0].tolist()[0] == pytest.approx(h, abs=1e-6)
+    assert activations[0][0].tolist()[0] == pytest.approx(h, abs=1e-6)
     assert out.item() == pytest.approx(2 * h[0] - h[1] + 0.5 * h[2] + 0.25, abs=1e-6)
-    deep = MLP([2, 3, 4, 5, 1], "relu", generator=torch.Generator().manual_seed(0))
-    _, activations = deep(torch.ones(7, 2))
-    assert [tuple(a.shape) for a in activations] == [(7, 3), (7, 4), (7, 5)]
+    deep = MLP([2, 3, 4, 5, 1], "relu", generators=[torch.Generator().manual_seed(0)])
+    _, activations = deep(torch.ones(1, 7, 2))
+    assert [tuple(a.shape) for a in activations] == [(1, 7, 3), (1, 7, 4), (1, 7, 5)]
     with pytest.raises(ValueError):
         MLP([3])
 
@@ -502,7 +527,7 @@ def test_mlp_initialisation(activation):
     """A 50 → 400 → 300 net: hidden weights U(±g·√(3/50)) (selu: PyTorch's default U(±√(1/50))),
     output weights U(±√(3/400)) (linear gain), every bias 0. With 20,000 and 120,000 draws the
     largest |w| is within 1% of the bound and mean |w| within 3% of bound/2."""
-    net = MLP([50, 400, 300], activation, generator=torch.Generator().manual_seed(0))
+    net = MLP([50, 400, 300], activation, generators=[torch.Generator().manual_seed(0)])
     hidden, output = net.layers
     if activation == "selu":
         hidden_bound = math.sqrt(1 / 50)
@@ -521,7 +546,7 @@ def test_mlp_initialisation(activation):
 
 def test_mlp_initialisation_depends_on_the_generator_only():
     def weights(seed):
-        net = MLP([20, 5, 1], "relu", generator=torch.Generator().manual_seed(seed))
+        net = MLP([20, 5, 1], "relu", generators=[torch.Generator().manual_seed(seed)])
         return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
 
     assert torch.equal(weights(3), weights(3))
@@ -529,9 +554,40 @@ def test_mlp_initialisation_depends_on_the_generator_only():
 
 
 def test_mlp_unit_groups_follow_the_layers():
-    net = MLP([784, 20, 20, 20, 10], "relu", generator=torch.Generator().manual_seed(0))
+    net = MLP([784, 20, 20, 20, 10], "relu", generators=[torch.Generator().manual_seed(0)])
     groups = net.unit_groups()
     assert len(groups) == 3
     assert [g.width for g in groups] == [20, 20, 20]
     assert [g.fan_in for g in groups] == [784, 20, 20]
-    assert groups[-1].outgoing is net.layers[-1]
+    assert groups[-1].outgoing.tensor is net.layers[-1].weight
+
+
+def test_perturb_a_large_seed_from_its_own_generator(monkeypatch):
+    """Beyond `generator_limit` values per seed the noise comes from each seed's generator: a seed is
+    perturbed as alone in any batch, and resumes exactly from its state."""
+    monkeypatch.setattr(ShrinkAndPerturb, "generator_limit", 10)
+    pair = nn.Parameter(torch.zeros(2, 4, 3))
+    alone = nn.Parameter(torch.zeros(4, 3))
+
+    def generators(*seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    batch = ShrinkAndPerturb([SeedView.whole(pair)], 0.1, counter_rng.seed_keys([3, 8]), generators(3, 8))
+    single = ShrinkAndPerturb([SeedView.split(alone)], 0.1, counter_rng.seed_keys([8]), generators(8))
+    assert batch.generators is not None
+    batch.after_step([])
+    single.after_step([])
+    expected = torch.randn(4, 3, generator=torch.Generator().manual_seed(8)) * 0.1
+    torch.testing.assert_close(alone.detach(), expected, rtol=0, atol=1e-7)
+    assert torch.equal(pair[1], alone) and not torch.equal(pair[0], alone)
+    saved, snapshot = single.state_dict(), alone.detach().clone()
+    single.after_step([])
+    after_two = alone.detach().clone()
+    with torch.no_grad():
+        alone.copy_(snapshot)
+    resumed = ShrinkAndPerturb([SeedView.split(alone)], 0.1, counter_rng.seed_keys([8]), generators(99))
+    resumed.load_state_dict(saved)
+    resumed.after_step([])
+    assert torch.equal(alone, after_two) and resumed.steps == 2
+    with pytest.raises(ValueError, match="generator"):
+        ShrinkAndPerturb([SeedView.whole(pair)], 0.1, counter_rng.seed_keys([3, 8]))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lop_ray import cli
 from lop_ray.data.shards import prepare_dataset
 from lop_ray.schema import Sweep, load_sweep
 from tests.cifar_files import write_cifar100
@@ -131,6 +132,11 @@ def test_regression_file_runs_at_the_papers_scale(rel: str, loaded):
     # every grid point is run on every seed
     points = {repr(sorted(t["hyperparameters"].items())) for t in sweep.trials}
     assert len(sweep.trials) == 100 * len(points)
+    # and its 100 seeds are one Tune trial: one seed-batched learner on the file's one CPU
+    assert document["seeds_per_trial"] == 100 == sweep.seeds_per_trial
+    assert all(t["seeds_per_trial"] == 100 for t in sweep.trials)
+    assert [len(group) for group in sweep.groups] == [100] * len(points)
+    assert all([t["seed"] for t in group] == list(range(100)) for group in sweep.groups)
 
 
 def _grid(sweep: Sweep, key: str) -> set:
@@ -222,6 +228,15 @@ def test_permuted_mnist_files_follow_the_spec(name: str, submit_directory):
         assert {t["network"]["dropout"] for t in sweep.trials} == {0.1, 0.03}
     seeds = {t["seed"] for t in sweep.trials}
     assert seeds == ({0} if name == "bp_small_net.yaml" else set(range(30)))
+    # seeds per Tune trial: 10-30 dividing the seeds (every Tune trial full); a 1-seed file runs its one
+    per_trial = sweep.document["seeds_per_trial"]
+    assert per_trial == sweep.seeds_per_trial
+    if len(seeds) >= 10:
+        assert 10 <= per_trial <= 30 and len(seeds) % per_trial == 0, per_trial
+    else:
+        assert per_trial == len(seeds)
+    assert {len(group) for group in sweep.groups} == {per_trial}
+    assert len(sweep.groups) == len(sweep.trials) // per_trial
     for trial in sweep.trials:
         settings = trial["problem_settings"]
         assert settings["data"] == str(submit_directory / "data" / "mnist")  # absolute for the workers
@@ -244,4 +259,46 @@ def test_permuted_mnist_files_follow_the_spec(name: str, submit_directory):
             )
             assert hyper["util_type"] == "adaptable_contribution"
             assert hyper["bias_correction"] is False and hyper["reset_optimizer_state"] is False
-    assert sweep.document["resources"]["gpu"] > 0
+    assert 0 < sweep.document["resources"]["gpu"] <= 1 and sweep.document["resources"]["cpu"] == 1
+
+
+def _check(path: Path, capsys) -> str:
+    """What `lop-ray sweep PATH --check` prints (it validates only: Ray is not imported)."""
+    code = cli.main(["sweep", str(path), "--check"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    return out.strip()
+
+
+@pytest.mark.parametrize(
+    "rel, count",
+    [
+        ("regression/sgd/relu.yaml", "300 trials × 100 steps in 3 Tune trials × 100 seeds"),
+        ("regression/sgd/linear.yaml", "100 trials × 100 steps in 1 Tune trial × 100 seeds"),
+        ("regression/sgd/cbp_relu.yaml", "1000 trials × 100 steps in 10 Tune trials × 100 seeds"),
+        ("permuted_mnist/bp.yaml", "90 trials × 800 steps in 3 Tune trials × 30 seeds"),
+        ("permuted_mnist/bp_width.yaml", "90 trials × 150 steps in 9 Tune trials × 10 seeds"),
+        ("permuted_mnist/bp_small_net.yaml", "1 trial × 800 steps"),
+    ],
+)
+def test_check_counts_tune_trials_and_their_seeds(rel: str, count: str, capsys):
+    path = SWEEPS / rel
+    assert _check(path, capsys) == f"{path}: valid; {count}"
+
+
+@pytest.mark.parametrize(
+    "edit, count",
+    [
+        # a short last Tune trial per grid point: 250 seeds in groups of 100
+        (("count: 100}", "count: 250}"), "750 trials × 100 steps in 9 Tune trials: 6 × 100 seeds + 3 × 50"),
+        # one seed per Tune trial: the count as it always was
+        (("seeds_per_trial: 100", "seeds_per_trial: 1"), "300 trials × 100 steps"),
+    ],
+    ids=["short-last-trial", "one-seed-per-trial"],
+)
+def test_check_count_of_an_edited_regression_file(edit: tuple[str, str], count: str, tmp_path, capsys):
+    text = (REGRESSION / "sgd" / "relu.yaml").read_text()
+    assert edit[0] in text
+    path = tmp_path / "relu.yaml"
+    path.write_text(text.replace(*edit))
+    assert _check(path, capsys) == f"{path}: valid; {count}"

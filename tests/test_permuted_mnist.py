@@ -68,11 +68,11 @@ def _config(**learner) -> PermutedMNISTConfig:
 
 def test_a_task_reports_online_accuracy_units_ranks_and_weights(digits):
     experiment = PermutedMNISTExperiment(_config(), digits)
-    x, _ = experiment.stream.probe(0, 40)
-    _, activations = experiment.net(x)
-    expected_dead = [dead_units(h) for h in activations]  # measured before any training on the task
+    x, _ = experiment.streams[0].probe(0, 40)
+    _, activations = experiment.net(x.unsqueeze(0))
+    expected_dead = [dead_units(h[0]) for h in activations]  # measured before any training on the task
 
-    metrics = experiment.run_step()
+    metrics = experiment.run_step()[0]
 
     assert [metrics[f"dead_units_hidden{i}"] for i in (1, 2, 3)] == expected_dead
     assert metrics["dead_units_percent"] == pytest.approx(100 * sum(expected_dead) / 48)
@@ -102,15 +102,15 @@ def test_a_task_reports_online_accuracy_units_ranks_and_weights(digits):
 def test_resumed_between_tasks_it_continues_bit_identically(digits, learner):
     config = _config(**learner)
     straight = PermutedMNISTExperiment(config, digits)
-    expected = [straight.run_step() for _ in range(3)]
+    expected = [straight.run_step()[0] for _ in range(3)]
 
     first = PermutedMNISTExperiment(config, digits)
-    got = [first.run_step()]
+    got = [first.run_step()[0]]
     state = copy.deepcopy(first.state_dict())  # as saved to disk: not aliased to live tensors
-    first.run_step()  # work past the checkpoint is lost with the process
+    first.run_step()[0]  # work past the checkpoint is lost with the process
     resumed = PermutedMNISTExperiment(config, digits)
     resumed.load_state_dict(state)
-    got += [resumed.run_step() for _ in range(2)]
+    got += [resumed.run_step()[0] for _ in range(2)]
 
     assert got == expected
     if "cbp" in learner:
@@ -120,7 +120,7 @@ def test_resumed_between_tasks_it_continues_bit_identically(digits, learner):
 def test_every_algorithm_of_a_seed_sees_the_same_tasks(digits):
     bp = PermutedMNISTExperiment(_config(), digits)
     cbp = PermutedMNISTExperiment(_config(algorithm="cbp", cbp=CBPConfig()), digits)
-    assert torch.equal(_all(bp.stream, 4, 50)[0], _all(cbp.stream, 4, 50)[0])
+    assert torch.equal(_all(bp.streams[0], 4, 50)[0], _all(cbp.streams[0], 4, 50)[0])
     assert all(torch.equal(a, b) for a, b in zip(bp.net.parameters(), cbp.net.parameters(), strict=True))
 
 
@@ -128,13 +128,13 @@ def test_every_algorithm_of_a_seed_sees_the_same_tasks(digits):
 def test_extended_data_fig4_methods_resume_bit_identically(digits, network):
     config = PermutedMNISTConfig(seed=2, hidden_units=16, probe_examples=40, **network)
     straight = PermutedMNISTExperiment(config, digits)
-    expected = [straight.run_step() for _ in range(3)]
+    expected = [straight.run_step()[0] for _ in range(3)]
     first = PermutedMNISTExperiment(config, digits)
-    got = [first.run_step()]
+    got = [first.run_step()[0]]
     state = copy.deepcopy(first.state_dict())
     resumed = PermutedMNISTExperiment(config, digits)
     resumed.load_state_dict(state)
-    got += [resumed.run_step() for _ in range(2)]
+    got += [resumed.run_step()[0] for _ in range(2)]
     assert got == expected
     plain = PermutedMNISTExperiment(PermutedMNISTConfig(seed=2, hidden_units=16, probe_examples=40), digits)
-    assert plain.run_step()["accuracy"] != expected[0]["accuracy"]  # the option changes the learning
+    assert plain.run_step()[0]["accuracy"] != expected[0]["accuracy"]  # the option changes the learning

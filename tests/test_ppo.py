@@ -74,7 +74,7 @@ def test_networks_are_lecun_uniform_with_zero_bias():
             bound = math.sqrt(3.0 / layer.in_features)
             assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
             assert torch.all(layer.bias == 0)
-    assert torch.all(policy.log_std == 0) and [len(g.incoming.weight) for g in policy.unit_groups()] == [
+    assert torch.all(policy.log_std == 0) and [g.width for g in policy.unit_groups()] == [
         256,
         256,
     ]
@@ -122,7 +122,7 @@ def test_redo_resets_dormant_units_every_period():
     assert torch.all(net.layers[1].weight[:, [2, 4]] == 0) and torch.all(net.layers[1].weight[:, 0] == 0.7)
     assert redo.replaced_total == 2
     # an all-zero layer has no score: nothing happens (the original's NaN comparison)
-    assert len(redo.dormant(torch.zeros(2, 6))) == 0
+    assert not redo.dormant(torch.zeros(1, 2, 6)).any()
 
 
 def test_running_mean_std_merges_batches_exactly():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,6 @@ from lop_ray.data.regression import RegressionSettings, RegressionStream, Thresh
 from lop_ray.data.seeding import LEARNER, STREAM, TARGET, derived_seed, generator
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
-from lop_ray.nets import MLP
 
 SMALL = RegressionSettings(flip_after=200)
 MODES = ("redraw", "flip_one")
@@ -298,14 +298,14 @@ def experiment_config(learner: LearnerSettings, examples_per_step=25, mode="redr
 
 def _resume_case(config, tmp_path):
     straight = RegressionExperiment(config)
-    expected = [straight.run_step() for _ in range(4)]
+    expected = [straight.run_step()[0] for _ in range(4)]
     first = RegressionExperiment(config)
-    before = [first.run_step() for _ in range(2)]
+    before = [first.run_step()[0] for _ in range(2)]
     path = tmp_path / "checkpoint.pt"
     torch.save(first.state_dict(), path)
     resumed = RegressionExperiment(config)
     resumed.load_state_dict(torch.load(path, weights_only=False))
-    after = [resumed.run_step() for _ in range(2)]
+    after = [resumed.run_step()[0] for _ in range(2)]
     assert before + after == expected  # bit-identical metrics, not approximately equal
     assert resumed.steps_done == 4
     for (key, value), other in zip(
@@ -339,7 +339,7 @@ def test_interventions_change_the_run():
     runs = {}
     for name in ("bp_sgd", "l2_sgd", "snp_sgd", "cbp_sgd"):
         experiment = RegressionExperiment(experiment_config(LEARNERS[name]))
-        runs[name] = [experiment.run_step()["squared_error"] for _ in range(2)]
+        runs[name] = [experiment.run_step()[0]["squared_error"] for _ in range(2)]
     assert len({tuple(v) for v in runs.values()}) == 4
 
 
@@ -348,22 +348,28 @@ def test_experiment_step_by_hand_sgd():
     the same initial network: error before each update, w ← w − α·∇(out − y)²."""
     config = experiment_config(LEARNERS["bp_sgd"])
     experiment = RegressionExperiment(config)
-    metrics = experiment.run_step()
+    metrics = experiment.run_step()[0]
 
-    net = MLP([20, 5, 1], "relu", generator=generator(config.seed, LEARNER, 0))
+    # the initial network by the spec's rule, drawn from the seed's generator (seed, LEARNER, 0):
+    # Kaiming-uniform with relu's gain, then the linear gain for the output layer; biases 0
+    draws = generator(config.seed, LEARNER, 0)
+    w1 = torch.empty(5, 20).uniform_(-math.sqrt(6 / 20), math.sqrt(6 / 20), generator=draws).requires_grad_()
+    w2 = torch.empty(1, 5).uniform_(-math.sqrt(3 / 5), math.sqrt(3 / 5), generator=draws).requires_grad_()
+    b1, b2 = torch.zeros(5, requires_grad=True), torch.zeros(1, requires_grad=True)
+    params = [w1, b1, w2, b2]
     x, y = RegressionStream(config.problem, config.seed).take(25)
     errors = []
     for i in range(25):
-        out, _ = net(x[i : i + 1])
+        out = torch.relu(x[i : i + 1] @ w1.T + b1) @ w2.T + b2
         loss = ((out - y[i : i + 1]) ** 2).sum()
         errors.append(loss.item())
-        grads = torch.autograd.grad(loss, list(net.parameters()))
+        grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            for param, grad in zip(net.parameters(), grads, strict=True):
+            for param, grad in zip(params, grads, strict=True):
                 param -= 0.01 * grad
     assert metrics["squared_error"] == pytest.approx(float(np.mean(errors)), rel=1e-5)
-    for mine, theirs in zip(net.parameters(), experiment.net.parameters(), strict=True):
-        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=0)
+    for mine, theirs in zip(params, experiment.net.parameters(), strict=True):
+        torch.testing.assert_close(mine.detach(), theirs[0], atol=1e-6, rtol=0)
     weights = [experiment.net.layers[0].weight, experiment.net.layers[1].weight]
     magnitude = sum(w.abs().sum().item() for w in weights) / (100 + 5)
     assert metrics["weight_magnitude"] == pytest.approx(magnitude, rel=1e-6)
@@ -375,9 +381,9 @@ def test_linear_learner_has_no_hidden_layer():
         seed=1, hidden_units=0, examples_per_step=50, problem=RegressionSettings(flip_after=200)
     )
     experiment = RegressionExperiment(config)
-    assert [tuple(layer.weight.shape) for layer in experiment.net.layers] == [(1, 20)]
+    assert [tuple(layer.weight.shape) for layer in experiment.net.layers] == [(1, 1, 20)]
     assert experiment.net.unit_groups() == []
-    assert experiment.run_step()["examples"] == 50.0
+    assert experiment.run_step()[0]["examples"] == 50.0
 
 
 def test_load_state_dict_refuses_a_different_algorithm(tmp_path):

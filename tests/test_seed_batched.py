@@ -1,6 +1,6 @@
-"""Seed-batched learners: each seed of a batch follows exactly the trajectory it follows alone
-(S = 1), bit for bit on the CPU; and a batch of one follows the single-seed learner to float
-rounding (batched kernels sum in another order), except where noise is drawn counter-based."""
+"""Learners with a seed axis: each seed of a batch follows exactly the trajectory it follows alone
+(S = 1), bit for bit on the CPU; and one seed follows a plain PyTorch learner (`nn.Linear` layers,
+`torch.optim`, autograd) to float rounding (batched kernels sum in another order)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import torch
 from torch.nn import functional as F
 
 from lop_ray.algos import CBPConfig
-from lop_ray.algos.cbp import UTIL_TYPES
+from lop_ray.algos.cbp import UTIL_TYPES, ContinualBackprop
 from lop_ray.algos.counter_rng import normal, random_bits, seed_keys, uniform
-from lop_ray.algos.seed_batched import SeedBatchedContinualBackprop
+from lop_ray.algos.redo import ReDoConfig
+from lop_ray.data.regression import RegressionStream
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
-from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 from lop_ray.nets import MLP
+from lop_ray.nets.activations import make_activation
 from lop_ray.nets.one_example_kernel import ACTIVATION_CODES
-from lop_ray.nets.seed_batched_mlp import SeedBatchedMLP
 
 
 def _cbp(**options) -> LearnerSettings:
@@ -37,6 +37,10 @@ LEARNERS = {
     "l2_momentum": LearnerSettings(algorithm="l2", step_size=0.01, momentum=0.9, weight_decay=1e-3),
     "bp_adam": LearnerSettings(optimizer="adam", step_size=1e-3),
     "snp_sgd": LearnerSettings(algorithm="snp", step_size=0.01, weight_decay=1e-2, perturb_scale=1e-2),
+    # a high threshold: some unit of some seed is dormant at most checks
+    "redo_momentum": LearnerSettings(
+        algorithm="redo", step_size=0.01, momentum=0.9, method=ReDoConfig(threshold=0.5, reset_period=7)
+    ),
 }
 
 
@@ -48,28 +52,66 @@ def _config(learner: LearnerSettings, per_step: int = 60) -> RegressionConfig:
 def test_each_seed_of_a_batch_follows_its_own_trajectory_exactly(name):
     config = _config(LEARNERS[name])
     seeds = [3, 0, 7]
-    batch = SeedBatchedRegressionExperiment(config, seeds)
+    batch = RegressionExperiment(config, seeds)
     together = [batch.run_step() for _ in range(3)]
     for position, seed in enumerate(seeds):
-        alone = SeedBatchedRegressionExperiment(config, [seed])
+        alone = RegressionExperiment(config, [seed])
         assert [alone.run_step()[0] for _ in range(3)] == [step[position] for step in together], seed
-    if "cbp" in name:
+    if "cbp" in name or "redo" in name:
         assert all(step["replaced_units"] > 0 for step in together[-1])
 
 
-@pytest.mark.parametrize(
-    "name", ["bp_sgd", "l2_momentum", "bp_adam", "cbp_adaptable_contribution_accumulate"]
-)
-def test_a_batch_of_one_follows_the_single_seed_learner(name):
+class PlainLearner:
+    """One seed's learner written the plain PyTorch way: `nn.Linear` layers holding the seed's
+    slice of the batched network's initial weights, autograd, `torch.optim.SGD` / `Adam`; an
+    independent check of the seed-axis learner (not a second implementation of it)."""
+
+    def __init__(self, net: MLP, seed_index: int, settings: LearnerSettings) -> None:
+        self.layers = torch.nn.ModuleList()
+        for layer in net.layers:
+            linear = torch.nn.Linear(layer.weight.shape[2], layer.weight.shape[1])
+            with torch.no_grad():
+                linear.weight.copy_(layer.weight[seed_index])
+                linear.bias.copy_(layer.bias[seed_index])
+            self.layers.append(linear)
+        self.activation = make_activation(net.activation_name)
+        if settings.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(
+                self.layers.parameters(), settings.step_size, (settings.beta1, settings.beta2), settings.eps
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.layers.parameters(),
+                settings.step_size,
+                settings.momentum,
+                weight_decay=settings.weight_decay,
+            )
+
+    def learn(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        h = x
+        for layer in self.layers[:-1]:
+            h = self.activation(layer(h))
+        loss = F.mse_loss(self.layers[-1](h), y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+
+@pytest.mark.parametrize("name", ["bp_sgd", "l2_momentum", "bp_adam"])
+def test_one_seed_follows_a_plain_pytorch_learner(name):
+    """S = 1 is the single-seed learner: its online errors are those of the plain learner on the
+    same stream to float rounding (the seed-axis step is hand-written and compiled, torch.optim's is
+    autograd plus its own update)."""
     config = _config(LEARNERS[name], per_step=100)
-    batched = SeedBatchedRegressionExperiment(config, [5])
-    single = RegressionExperiment(RegressionConfig(seed=5, examples_per_step=100, learner=LEARNERS[name]))
+    seeded = RegressionExperiment(config, [5])
+    plain = PlainLearner(seeded.net, 0, LEARNERS[name])
+    stream = RegressionStream(config.problem, 5)
     for _ in range(3):
-        got, expected = batched.run_step()[0], single.run_step()
-        assert got["examples"] == expected["examples"]
-        assert got["squared_error"] == pytest.approx(expected["squared_error"], rel=1e-5)
-        assert got["weight_magnitude"] == pytest.approx(expected["weight_magnitude"], rel=1e-5)
-        assert got.get("replaced_units") == expected.get("replaced_units")
+        got = seeded.run_step()[0]
+        x, y = stream.take(100)
+        errors = [plain.learn(xi, yi) for xi, yi in zip(x.split(1), y.split(1), strict=True)]
+        assert got["squared_error"] == pytest.approx(sum(errors) / len(errors), rel=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(name for name in LEARNERS if name.startswith("cbp")))
@@ -77,11 +119,11 @@ def test_compiled_cbp_statistics_follow_the_pytorch_path(name, monkeypatch):
     """Small CPU layers update CBP's statistics in one compiled call; large ones (and CUDA) take
     PyTorch's ops. Both replace the same units at the same steps and agree to float rounding."""
     config = _config(LEARNERS[name])
-    compiled = SeedBatchedRegressionExperiment(config, [3, 0])
+    compiled = RegressionExperiment(config, [3, 0])
     assert compiled.cbp.compiled_statistics == [True]
     compiled_steps = [compiled.run_step() for _ in range(4)]
-    monkeypatch.setattr(SeedBatchedContinualBackprop, "compiled_statistics_limit", 0)
-    torch_ops = SeedBatchedRegressionExperiment(config, [3, 0])
+    monkeypatch.setattr(ContinualBackprop, "compiled_statistics_limit", 0)
+    torch_ops = RegressionExperiment(config, [3, 0])
     assert torch_ops.cbp.compiled_statistics == [False]
     for got, expected in zip(compiled_steps, [torch_ops.run_step() for _ in range(4)], strict=True):
         for seed_got, seed_expected in zip(got, expected, strict=True):
@@ -96,34 +138,50 @@ def test_compiled_cbp_statistics_follow_the_pytorch_path(name, monkeypatch):
 
 def test_batched_network_starts_as_each_seeds_own_network_and_matches_autograd():
     generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    net = SeedBatchedMLP([6, 4, 3], "tanh", generators)
+    net = MLP([6, 4, 3], "tanh", generators)
     x, y = torch.randn(2, 1, 6), torch.randint(0, 3, (2, 1))
     loss, _, _, grads = net.loss_and_gradients(x, y, F.cross_entropy)
     for s in (0, 1):
-        single = MLP([6, 4, 3], "tanh", generator=torch.Generator().manual_seed(s))
-        assert torch.equal(single.layers[0].weight, net.layers[0].weight[s])
-        output, _ = single(x[s])
-        expected_loss = F.cross_entropy(output, y[s])
+        single = _one_seed(net, s)
+        draw = torch.Generator().manual_seed(s)  # seed s's first layer: Kaiming-uniform, tanh gain
+        bound = torch.nn.init.calculate_gain("tanh") * (3.0 / 6) ** 0.5
+        assert torch.equal(torch.empty(4, 6).uniform_(-bound, bound, generator=draw), net.layers[0].weight[s])
+        output, _ = single(x[s : s + 1])
+        expected_loss = F.cross_entropy(output[0], y[s])
         expected = torch.autograd.grad(expected_loss, list(single.parameters()))
         assert loss[s].item() == pytest.approx(expected_loss.item(), rel=1e-6)
         for got, want in zip(grads, expected, strict=True):
-            torch.testing.assert_close(got[s], want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got[s], want[0], rtol=1e-5, atol=1e-6)
+
+
+def _one_seed(net: MLP, s: int) -> MLP:
+    """Seed s's slice of `net` as a network of its own (S = 1), for autograd to differentiate."""
+    single = copy.deepcopy(net)
+    with torch.no_grad():
+        for layer, source in zip(single.layers, net.layers, strict=True):
+            layer.weight = torch.nn.Parameter(source.weight[s : s + 1].clone())
+            layer.bias = torch.nn.Parameter(source.bias[s : s + 1].clone())
+    single.num_seeds = 1
+    return single
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATION_CODES))
 def test_compiled_one_example_step_matches_autograd_for_every_activation(activation):
     # regression's 20 → 5 → 1 at one example per seed takes the compiled path (one_example_kernel)
     seeds = (0, 1, 2)
-    net = SeedBatchedMLP([20, 5, 1], activation, [torch.Generator().manual_seed(s) for s in seeds])
+    net = MLP([20, 5, 1], activation, [torch.Generator().manual_seed(s) for s in seeds])
     data = torch.Generator().manual_seed(1)
     x, y = torch.randn(3, 1, 20, generator=data), torch.randn(3, 1, 1, generator=data)
     assert net._compiled_step(x, F.mse_loss) is not None
     loss, output, (hidden,), grads = net.loss_and_gradients(x, y, F.mse_loss)
     for s in seeds:
-        single = MLP([20, 5, 1], activation, generator=torch.Generator().manual_seed(s))
-        expected_output, (expected_hidden,) = single(x[s])
-        expected_loss = F.mse_loss(expected_output, y[s])
+        single = _one_seed(net, s)
+        single.use_compiled_step = False
+        expected_output, (expected_hidden,) = single(x[s : s + 1])
+        expected_loss = F.mse_loss(expected_output, y[s : s + 1])
         expected = torch.autograd.grad(expected_loss, list(single.parameters()))
+        expected_output, expected_hidden = expected_output[0], expected_hidden[0]
+        expected = [e[0] for e in expected]
         # float32 rounding apart (sums in index order; numba's exp and tanh against PyTorch's)
         assert loss[s].item() == pytest.approx(expected_loss.item(), rel=1e-4)
         torch.testing.assert_close(output[s], expected_output.detach(), rtol=1e-5, atol=1e-6)
@@ -137,7 +195,7 @@ def test_fused_sgd_step_is_the_gradient_step_followed_by_sgd(examples, weight_de
     from lop_ray.algos.optim import SGD
 
     generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    fused = SeedBatchedMLP([70, 80, 10], "relu", generators)  # 70 × 80 is beyond the small layers
+    fused = MLP([70, 80, 10], "relu", generators)  # 70 × 80 is beyond the small layers
     stepped, initial = copy.deepcopy(fused), copy.deepcopy(fused)
     x, y = torch.randn(2, examples, 70), torch.randint(0, 10, (2, examples))
     loss, output, activations, grads = stepped.loss_and_gradients(x, y, F.cross_entropy)
@@ -153,9 +211,9 @@ def test_fused_sgd_step_is_the_gradient_step_followed_by_sgd(examples, weight_de
 
 
 def test_compiled_step_is_not_taken_where_it_does_not_apply():
-    two_hidden = SeedBatchedMLP([20, 5, 5, 1], "relu", [torch.Generator().manual_seed(0)])
-    selu = SeedBatchedMLP([20, 5, 1], "selu", [torch.Generator().manual_seed(0)])
-    one_hidden = SeedBatchedMLP([20, 5, 1], "relu", [torch.Generator().manual_seed(0)])
+    two_hidden = MLP([20, 5, 5, 1], "relu", [torch.Generator().manual_seed(0)])
+    selu = MLP([20, 5, 1], "selu", [torch.Generator().manual_seed(0)])
+    one_hidden = MLP([20, 5, 1], "relu", [torch.Generator().manual_seed(0)])
     x = torch.randn(1, 1, 20)
     assert two_hidden._compiled_step(x, F.mse_loss) is None
     assert selu._compiled_step(x, F.mse_loss) is None
@@ -163,15 +221,15 @@ def test_compiled_step_is_not_taken_where_it_does_not_apply():
     assert one_hidden.double()._compiled_step(x.double(), F.mse_loss) is None
 
 
-@pytest.mark.parametrize("name", ["snp_sgd", "cbp_probabilistic", "cbp_random_accumulate"])
+@pytest.mark.parametrize("name", ["snp_sgd", "cbp_probabilistic", "cbp_random_accumulate", "redo_momentum"])
 def test_resumed_batch_continues_bit_identically(name):
     config = _config(LEARNERS[name])
-    straight = SeedBatchedRegressionExperiment(config, [0, 1])
+    straight = RegressionExperiment(config, [0, 1])
     expected = [straight.run_step() for _ in range(3)]
-    first = SeedBatchedRegressionExperiment(config, [0, 1])
+    first = RegressionExperiment(config, [0, 1])
     got = [first.run_step()]
     state = copy.deepcopy(first.state_dict())
-    resumed = SeedBatchedRegressionExperiment(config, [0, 1])
+    resumed = RegressionExperiment(config, [0, 1])
     resumed.load_state_dict(state)
     got += [resumed.run_step() for _ in range(2)]
     assert got == expected

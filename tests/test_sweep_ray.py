@@ -7,7 +7,6 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lop_ray.experiments.regression import RegressionExperiment, config_from_trial
-from lop_ray.experiments.seed_batched_regression import SeedBatchedRegressionExperiment
 from lop_ray.schema import load_sweep
 from lop_ray.sweep import run_sweep
 from lop_ray.tracking import trial_run_name
@@ -17,11 +16,8 @@ from tests.conftest import TINY_REGRESSION, write_sweep
 def reference_metrics(trial: dict) -> list[dict[str, float]]:
     """What the trial must report: the experiment stepped in a plain loop, no Ray."""
     torch.set_num_threads(1)
-    if trial["seeds_per_trial"] > 1:  # a seed-batched trial: its seed alone in a batch of one
-        batched = SeedBatchedRegressionExperiment(config_from_trial(trial), [trial["seed"]])
-        return [batched.run_step()[0] for _ in range(trial["num_steps"])]
-    experiment = RegressionExperiment(config_from_trial(trial))
-    return [experiment.run_step() for _ in range(trial["num_steps"])]
+    experiment = RegressionExperiment(config_from_trial(trial), [trial["seed"]])  # its seed alone
+    return [experiment.run_step()[0] for _ in range(trial["num_steps"])]
 
 
 def mlflow_runs(tracking_uri: str, sweep_name: str):
@@ -95,7 +91,7 @@ def test_every_algorithm_of_a_seed_sees_the_same_stream(tmp_path):
     for trial in trials:
         experiment = RegressionExperiment(config_from_trial(trial))
         experiment.run_step()  # the learner draws; the stream must not notice
-        streams.append(experiment.stream.take(450))
+        streams.append(experiment.streams[0].take(450))
     assert len({t["algorithm"] for t in trials}) == 2
     for x, y in streams[1:]:
         assert torch.equal(x, streams[0][0]) and torch.equal(y, streams[0][1])
@@ -136,8 +132,8 @@ storage: {storage}
 def test_seed_batched_permuted_digits_sweep_from_prepared_shards_matches_a_plain_loop(tmp_path, local_ray):
     from lop_ray.cli import main
     from lop_ray.data.shards import load_dataset
+    from lop_ray.experiments.permuted_mnist import PermutedMNISTExperiment
     from lop_ray.experiments.permuted_mnist import config_from_trial as permuted_config
-    from lop_ray.experiments.seed_batched_permuted_mnist import SeedBatchedPermutedMNISTExperiment
 
     assert main(["data", "prepare", "digits", "--dest", str(tmp_path / "digits")]) == 0
     path = write_sweep(
@@ -155,7 +151,7 @@ def test_seed_batched_permuted_digits_sweep_from_prepared_shards_matches_a_plain
     by_name = {r.info.run_name: r for r in children}
     torch.set_num_threads(1)
     for trial in sweep.trials:  # a seed alone gets what it gets in its batch
-        experiment = SeedBatchedPermutedMNISTExperiment(permuted_config(trial), [trial["seed"]], dataset)
+        experiment = PermutedMNISTExperiment(permuted_config(trial), dataset, seeds=[trial["seed"]])
         expected = [experiment.run_step()[0] for _ in range(2)]
         run = by_name[trial_run_name(trial)]
         for key in ("accuracy", "dead_units_percent", "effective_rank", "weight_magnitude"):

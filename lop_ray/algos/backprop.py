@@ -3,6 +3,10 @@
 Interventions (continual backprop, ReDo, shrink-and-perturb) attach after the optimizer step, in the
 order given, and see the hidden activations of the same forward pass; the learner does not know which
 ones it runs (spec/algorithms.md: CBP / ReDo, then shrink-and-perturb).
+
+A network may carry S seeds (parameters with a leading seed axis, `lop_ray.nets.units`); its loss
+function then returns one loss per seed, (S,), and the gradient is that of their sum: seeds share no
+parameter, so each seed's gradient is its own loss's alone.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from typing import Any, Protocol
 
 import torch
 
+from lop_ray.nets.losses import per_seed_cross_entropy, per_seed_mse
 from lop_ray.nets.units import UnitNetwork
+
+__all__ = ["Backprop", "Intervention", "per_seed_cross_entropy", "per_seed_mse"]
 
 
 class Intervention(Protocol):
@@ -64,7 +71,8 @@ class Backprop:
         if computed is None:
             output, activations = self.net(x)
             loss = self.loss_fn(output, y)
-            grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+            total = loss.sum() if loss.dim() else loss  # per-seed losses: the sum's gradient
+            grads = torch.autograd.grad(total, self._params, allow_unused=True)
             loss, output = loss.detach(), output.detach()
             activations = [h.detach() for h in activations]
         else:  # computed under no_grad: nothing to detach (each detach is a dispatch per step)

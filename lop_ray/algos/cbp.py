@@ -6,8 +6,9 @@ The three phases — test all layers, generate in all layers, then reset the opt
 over *all* layers in that order, because re-initialising one layer zeroes the outgoing weights that
 are the next layer's incoming ones.
 
-All state is tensors (one set per unit group) so that a leading seed axis can be added later, and
-all of it is returned by `state_dict` because exact resume depends on it.
+It runs S seeds at once over groups with a leading seed axis (`lop_ray.nets.units`); one seed is
+S = 1. Nothing in a step mixes seeds, so a seed's trajectory does not depend on which other seeds
+share its batch. All of the state is returned by `state_dict`, because exact resume depends on it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy
 import torch
 
-from lop_ray.algos.optim import reset_optimizer_entries
+from lop_ray.algos.cbp_statistics_kernel import UTILITY_CODES, update_unit_statistics
+from lop_ray.algos.counter_rng import CounterNoise
+from lop_ray.algos.optim import PER_ELEMENT_STATE
 from lop_ray.nets.activations import init_bound
 from lop_ray.nets.units import UnitGroup
 
@@ -83,182 +87,481 @@ class CBPConfig:
 
 
 class ContinualBackprop:
-    """Generate-and-test over `groups`, attached to a learner as an after-step intervention."""
+    """Generate-and-test over `groups` for S seeds at once, attached to a learner as an after-step
+    intervention; S = 1 is the single-seed learner.
+
+    Utilities, ages, mean activations and accumulated replacement counts are (S, width) tensors
+    updated for all seeds at once; the per-step draws (the probabilistic replacement rule, the
+    `random` utility) are counter-based (`counter_rng`), so a seed draws what it draws alone.
+    Replacement is applied for every seed at once: each group takes every seed's K lowest-utility
+    eligible units (K: the most units a seed can replace in a step, known on the host from ρ and
+    the width) and overwrites the first `count` of them, masked (`torch.where`), the rest of the K
+    keeping their values.
+
+    New incoming weights come from each seed's own generator, on the CPU, in the order and amount
+    of drawing them step by step. On the CPU they are drawn when needed (a layer where no seed
+    replaces skips the masked work: reading the counts costs nothing there). On a CUDA device a
+    read of the counts per step would stall the host until the queued step finishes, leaving the GPU
+    idle while the next step is launched, so there the draws are taken ahead (`draw_ahead`): a
+    per-seed pool of raw uniforms drawn on the CPU, consumed on the device through per-seed cursors;
+    every `refill_steps` steps the host reads the cursors (one synchronisation) and, when the next
+    period's worst case might not fit, drops what each seed used and draws as many new values. Both
+    ways give the same numbers. A generator shared with another consumer (PPO's policy and value
+    CBP) must not be drawn ahead: pass `draw_ahead=False`.
+    """
+
+    refill_steps = 32  # steps between reads of the pool's cursors (one host synchronisation each)
+    # a CPU group of linear layers with at most this many incoming + outgoing weights per seed
+    # updates its statistics in one compiled call (`cbp_statistics_kernel`): there PyTorch's ~80
+    # calls are all dispatch
+    compiled_statistics_limit = 1 << 16
 
     def __init__(
         self,
         groups: Sequence[UnitGroup],
         optimizer: torch.optim.Optimizer,
         config: CBPConfig,
-        generator: torch.Generator | None,
+        generators: Sequence[torch.Generator | None] | torch.Generator | None,
+        keys: torch.Tensor | None = None,
+        draw_ahead: bool | None = None,
     ) -> None:
         self.groups = list(groups)
         self.optimizer = optimizer
         self.config = config
-        # every draw (new weights, the probabilistic rule, `random` utilities) on the CPU
-        self.generator = cpu_generator(generator)
-        self._own_generator = self.generator is not generator  # then it is state of its own
-        self.replaced_total = 0
+        if generators is None or isinstance(generators, torch.Generator):
+            generators = [generators]
+        # every draw of new weights on the CPU: a CUDA generator draws other numbers than the CPU's
+        self.generators = [cpu_generator(g) for g in generators]
+        num_seeds = len(self.generators)
+        for group in self.groups:
+            if group.seeds != num_seeds:
+                raise ValueError(
+                    f"group {group.name} holds {group.seeds} seeds, {num_seeds} generators given"
+                )
+        first = self.groups[0].incoming.tensor if self.groups else None
+        device = first.device if first is not None else torch.device("cpu")
+        self.keys = generator_keys(generators, device) if keys is None else keys.to(device)
+        self.steps = 0
+        if draw_ahead is None:
+            draw_ahead = device.type != "cpu"
+        if draw_ahead and (config.init_distribution != "uniform" or first.dtype != torch.float32):
+            # the pool reproduces the CPU's float32 uniform_ bit for bit, nothing else
+            draw_ahead = False
+        self.draw_ahead = bool(draw_ahead) and bool(self.groups)
+        # read the counts on the host each step, skipping the groups where no seed replaces: free on
+        # the CPU, and what drawing new weights when needed takes anyway (one read for all groups)
+        self.host_gate = device.type == "cpu" or not self.draw_ahead
+        self.replaced_total = torch.zeros(num_seeds, dtype=torch.long, device=device)
         self.state: list[dict[str, torch.Tensor]] = []
         for group in self.groups:
-            like = group.incoming.weight
-            zeros = torch.zeros(group.width, dtype=like.dtype, device=like.device)
+            like = group.incoming.of()
+            zeros = torch.zeros((num_seeds, group.width), dtype=like.dtype, device=device)
             self.state.append(
                 {
                     "utility": zeros.clone(),
                     "bias_corrected_utility": zeros.clone(),
                     "mean_activation": zeros.clone(),
-                    "age": torch.zeros(group.width, dtype=torch.long, device=like.device),
-                    "accumulated": torch.zeros((), dtype=torch.float64),
+                    "age": torch.zeros(zeros.shape, dtype=torch.long, device=device),
+                    "accumulated": torch.zeros(num_seeds, dtype=torch.float64, device=device),
                 }
             )
             if config.utility_average == "cumulative":
                 self.state[-1]["activation_sum"] = zeros.clone()
+        # per-step draws, per group: the probabilistic rule's uniform, the `random` utility
+        self.replacement_draws = [
+            CounterNoise(self.keys, 2 * i + 1, 1, "uniform", torch.float64) for i in range(len(self.groups))
+        ]
+        self.random_utilities = [
+            CounterNoise(self.keys, 2 * i, group.width, "uniform", group.incoming.tensor.dtype)
+            for i, group in enumerate(self.groups)
+        ]
+        # K per group: ρ·base ≤ ρ·width units expected, plus one carried by the accumulate rule
+        widths = [group.width for group in self.groups]
+        self.most_per_step = [min(w, math.floor(config.replacement_rate * w) + 1) for w in widths]
+        self.bounds = [init_bound(config.init, g.activation, g.fan_in, g.fan_out) for g in self.groups]
+        self.compiled_statistics = [
+            device.type == "cpu"
+            and config.utility_average == "ema"
+            and group.fan_out_per_unit == 1
+            and len(group.incoming.shape) == 3
+            and len(group.outgoing.shape) == 3
+            and group.incoming.tensor.dtype == torch.float32
+            and group.fan_in * group.width + group.outgoing.shape[1] * group.width
+            <= self.compiled_statistics_limit
+            for group in self.groups
+        ]
+        if self.draw_ahead:
+            # uniform_(−B, B) on the CPU computes x·(to − from) + from in float64 from float32 bounds
+            self._pool_bounds = [float(numpy.float32(b)) for b in self.bounds]
+            fans = [g.fan_in for g in self.groups]
+            self._draws_per_step = sum(k * f for k, f in zip(self.most_per_step, fans, strict=True))
+            self._reset_pool([_state_of(g) for g in self.generators])
 
-    # --- the three phases -------------------------------------------------------------------
+    # --- the pool of new weights' draws (draw_ahead) --------------------------------------------
+    def _reset_pool(self, states: Sequence[torch.Tensor | None]) -> None:
+        """A full pool drawn from generator states `states` (the states at the consumed position):
+        room for two refill periods' worst case, so that most refills find room and draw nothing."""
+        size = 2 * self.refill_steps * self._draws_per_step
+        pool = torch.empty((len(self.generators), size), dtype=torch.float32)
+        for row, generator, state in zip(pool, self.generators, states, strict=True):
+            _set_state(generator, state)
+            row.uniform_(0.0, 1.0, generator=generator)
+        device = self.replaced_total.device
+        self._pool = pool.to(device)
+        self._cursor = torch.zeros(len(self.generators), dtype=torch.long, device=device)
+        self._snapshots = [None if state is None else state.clone() for state in states]
+        self._behind = [0] * len(self.generators)  # draws from each snapshot to its pool row's start
+        self._steps_since_refill = 0
+
+    def _refill(self) -> None:
+        """Drop what each seed consumed, append as many fresh draws: one synchronisation. Done only
+        when the next period's worst case might not fit (replacement is rare: mostly it fits)."""
+        consumed = self._cursor.tolist()
+        self._steps_since_refill = 0
+        size = self._pool.shape[1]
+        if max(consumed) + self.refill_steps * self._draws_per_step <= size:
+            return
+        fresh = torch.zeros((len(consumed), max(consumed)), dtype=torch.float32)
+        for s, count in enumerate(consumed):
+            if count:
+                fresh[s, :count].uniform_(0.0, 1.0, generator=self.generators[s])
+                self._behind[s] += count
+        position = self._cursor.unsqueeze(1) + torch.arange(size, device=self._pool.device)
+        kept = self._pool.gather(1, position.clamp(max=size - 1))
+        appended = fresh.to(self._pool.device).gather(1, (position - size).clamp(0, fresh.shape[1] - 1))
+        self._pool = torch.where(position < size, kept, appended)
+        self._cursor.zero_()
+
+    def _consumed_states(self) -> list[torch.Tensor | None]:
+        """Each generator's state after exactly the draws the seed has used (as drawn step by step)."""
+        if not self.draw_ahead:
+            return [_state_of(g) for g in self.generators]
+        states = []
+        for s, cursor in enumerate(self._cursor.tolist()):
+            if self._snapshots[s] is None:
+                states.append(None)
+                continue
+            scratch = torch.Generator()
+            scratch.set_state(self._snapshots[s])
+            remaining = self._behind[s] + cursor
+            while remaining > 0:
+                chunk = min(remaining, 1 << 22)
+                torch.empty(chunk, dtype=torch.float32).uniform_(0.0, 1.0, generator=scratch)
+                remaining -= chunk
+            states.append(scratch.get_state())
+            self._snapshots[s], self._behind[s] = states[-1].clone(), -cursor
+        return states
+
+    # --- the step ---------------------------------------------------------------------------
     @torch.no_grad()
     def after_step(self, activations: Sequence[torch.Tensor]) -> None:
         if len(activations) != len(self.groups):
             raise ValueError(f"{len(activations)} activations for {len(self.groups)} unit groups")
-        chosen = [
-            self._test(group, state, h)
-            for group, state, h in zip(self.groups, self.state, activations, strict=True)
-        ]
-        for group, state, (units, mean_estimate) in zip(self.groups, self.state, chosen, strict=True):
-            if len(units):
-                units = units.to(group.incoming.weight.device)
-                self._generate(group, state, units, mean_estimate)
-        if self.config.reset_optimizer_state:
-            for group, (units, _) in zip(self.groups, chosen, strict=True):
-                if len(units):
-                    self._reset_optimizer(group, units)
+        if self.draw_ahead:
+            if self._steps_since_refill == self.refill_steps:
+                self._refill()
+            self._steps_since_refill += 1
+        chosen = []
+        for index, (group, state, h) in enumerate(zip(self.groups, self.state, activations, strict=True)):
+            h = group.seed_activations(h)
+            compiled = self.compiled_statistics[index] and h.dim() == 3
+            chosen.append(self._compiled_test(index, state, h) if compiled else self._test(index, state, h))
+        replacing = [True] * len(chosen)
+        if self.host_gate and len(chosen) == 1:  # (`any` casts to bool first: more calls)
+            replacing = [int(chosen[0][0].max()) > 0]
+        elif self.host_gate and chosen:
+            replacing = [m > 0 for m in torch.stack([counts.max() for counts, _ in chosen]).tolist()]
+        for index, (state, (counts, mean_estimate)) in enumerate(zip(self.state, chosen, strict=True)):
+            if replacing[index]:
+                self._replace(index, state, counts, mean_estimate)
+        self.steps += 1
 
-    def _test(
-        self, group: UnitGroup, state: dict[str, torch.Tensor], h: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update utilities; return the units to replace and the bias-corrected mean activation."""
+    def _test(self, index: int, state: dict[str, torch.Tensor], h: torch.Tensor):
+        """Update utilities of every seed; return the units each seed replaces (S,) and the
+        bias-corrected mean activation (S, width)."""
         cfg = self.config
+        group = self.groups[index]
         eta = cfg.decay_rate
         age = state["age"]
-        bias_correction, mean_estimate = age_and_decay(state, eta, _per_unit_mean(h))
-
+        bias_correction, mean_estimate = age_and_decay(state, eta, _unit_mean(h))
         if cfg.utility_average == "cumulative":
-            state["activation_sum"] += (1.0 - eta) * _per_unit_mean(h.abs())
-            utility = group.outgoing_magnitude()
+            state["activation_sum"] += (1.0 - eta) * _unit_mean(h.abs())
+            utility = self._outgoing_magnitude(index)
             if cfg.util_type == "contribution":
                 utility = utility * state["activation_sum"]
             state["bias_corrected_utility"] = utility
         elif cfg.util_type == "random":
-            state["bias_corrected_utility"] = torch.rand(
-                group.width, generator=self.generator, dtype=mean_estimate.dtype
-            ).to(age.device)
+            state["bias_corrected_utility"] = self.random_utilities[index].at(self.steps).clone()
         else:
-            state["utility"] += (1.0 - eta) * self._instantaneous_utility(group, h, mean_estimate)
+            state["utility"] += (1.0 - eta) * self._instantaneous_utility(index, h, mean_estimate)
             state["bias_corrected_utility"] = state["utility"] / bias_correction
-
         mature = age > cfg.maturity_threshold
-        num_eligible = int(mature.sum())
-        if num_eligible == 0:
-            return _NO_UNITS, mean_estimate
-        base = num_eligible if cfg.replacement_base == "eligible" else group.width
-        expected = cfg.replacement_rate * base
+        eligible = mature.sum(dim=1)
+        width = torch.full_like(eligible, group.width)
+        base = eligible if cfg.replacement_base == "eligible" else width
+        expected = cfg.replacement_rate * base.to(torch.float64)
         if cfg.accumulate:
-            state["accumulated"] += expected
-            count = int(math.floor(state["accumulated"].item()))
-            state["accumulated"] -= count
-        elif expected < 1.0:
-            draw = torch.rand(1, generator=self.generator).item()
-            count = int(draw < expected)
+            state["accumulated"] += torch.where(eligible > 0, expected, 0.0)
+            counts = state["accumulated"].floor()
+            state["accumulated"] -= counts
         else:
-            count = int(expected)
-        count = min(count, num_eligible)
-        if count == 0:
-            return _NO_UNITS, mean_estimate
-        eligible = torch.nonzero(mature).reshape(-1)
-        order = torch.sort(state["bias_corrected_utility"][eligible], stable=True).indices
-        return eligible[order[:count]], mean_estimate
+            draw = self.replacement_draws[index].at(self.steps)[:, 0]
+            counts = torch.where(expected < 1.0, (draw < expected).to(torch.float64), expected.floor())
+        return torch.minimum(counts.to(torch.long), eligible), mean_estimate
+
+    def _compiled_test(self, index: int, state: dict[str, torch.Tensor], h: torch.Tensor):
+        """`_test` as one compiled call (`cbp_statistics_kernel`), in place on the state tensors.
+        Their numpy views are made once per storage (a checkpoint load swaps them): converting ten
+        tensors every step would cost as much as the call."""
+        arrays = self._statistics_arrays(index, state)
+        (weights_in, weights_out, utility, corrected, mean_activation, age, accumulated,
+         zeros_utility, zeros_draws, mean_estimate, counts) = arrays  # fmt: skip
+        cfg = self.config
+        random_utility = zeros_utility
+        if cfg.util_type == "random":
+            random_utility = self.random_utilities[index].at(self.steps).numpy()
+        draws = zeros_draws
+        if not cfg.accumulate:
+            draws = self.replacement_draws[index].at(self.steps)[:, 0].contiguous().numpy()
+        update_unit_statistics(
+            h.detach().reshape(h.shape[0], -1, h.shape[-1]).numpy(),
+            weights_in, weights_out, utility, corrected, mean_activation, age, accumulated,
+            random_utility, draws,
+            float(cfg.decay_rate), UTILITY_CODES[cfg.util_type], int(cfg.maturity_threshold),
+            float(cfg.replacement_rate), cfg.replacement_base == "eligible", bool(cfg.accumulate),
+            mean_estimate, counts,
+        )  # fmt: skip
+        return torch.from_numpy(counts), torch.from_numpy(mean_estimate)
+
+    def _statistics_arrays(self, index: int, state: dict[str, torch.Tensor]) -> list[numpy.ndarray]:
+        keys = ("utility", "bias_corrected_utility", "mean_activation", "age", "accumulated")
+        group = self.groups[index]
+        tensors = [group.incoming.of(), group.outgoing.of()] + [state[key] for key in keys]
+        storage = tuple(t.data_ptr() for t in tensors)
+        cache = self.__dict__.setdefault("_statistics_cache", {})
+        cached = cache.get(index)
+        if cached is None or cached[0] != storage:
+            like = state["utility"]
+            extra = [
+                numpy.zeros(like.shape, numpy.float32),  # the `random` utility, unused by the others
+                numpy.zeros(like.shape[0], numpy.float64),  # the probabilistic rule's draws, unused
+                numpy.empty(like.shape, numpy.float32),  # mean estimate (out)
+                numpy.empty(like.shape[0], numpy.int64),  # counts (out)
+            ]
+            cached = cache[index] = (storage, [t.numpy() for t in tensors] + extra)
+        return cached[1]
 
     def _instantaneous_utility(
-        self, group: UnitGroup, h: torch.Tensor, mean_estimate: torch.Tensor
+        self, index: int, h: torch.Tensor, mean_estimate: torch.Tensor
     ) -> torch.Tensor:
         util_type = self.config.util_type
         if util_type == "adaptation":
-            return 1.0 / group.incoming_magnitude()
+            return 1.0 / self._incoming_magnitude(index)
         if util_type == "weight":
-            return group.outgoing_magnitude()
+            return self._outgoing_magnitude(index)
         if util_type == "contribution":
-            return _output_weighted(group, h.abs())
+            return self._output_weighted(index, h.abs())
         deviation = (h - _broadcast_units(mean_estimate, h)).abs()
         if util_type == "zero_contribution":
-            return _output_weighted(group, deviation)
+            return self._output_weighted(index, deviation)
         if util_type == "adaptable_contribution":
-            return _output_weighted(group, deviation) / group.incoming_magnitude()
-        if util_type == "feature_by_input":
-            return _per_unit_mean(deviation) / group.incoming_magnitude()
-        raise ValueError(f"unknown util_type {util_type!r}")
+            return self._output_weighted(index, deviation) / self._incoming_magnitude(index)
+        return _unit_mean(deviation) / self._incoming_magnitude(index)  # feature_by_input
 
-    def _generate(
-        self,
-        group: UnitGroup,
-        state: dict[str, torch.Tensor],
-        units: torch.Tensor,
-        mean_estimate: torch.Tensor,
+    def _output_weighted(self, index: int, values: torch.Tensor) -> torch.Tensor:
+        """Each unit's mean outgoing |w| times its mean `values` (|h| or |h − f̂|). A unit flattened into
+        several columns of a linear layer (conv → linear) takes the product per column, then the mean
+        over its columns, as the original does (spec/algorithms.md, unit groups)."""
+        group = self.groups[index]
+        if group.fan_out_per_unit == 1:
+            return self._outgoing_magnitude(index) * _unit_mean(values)
+        shape = (group.seeds, group.width, group.fan_out_per_unit)
+        per_column_weight = group.outgoing.of().abs().mean(dim=1).reshape(shape)
+        return (per_column_weight * values.mean(dim=1).reshape(shape)).mean(dim=2)
+
+    def _incoming_magnitude(self, index: int) -> torch.Tensor:
+        group = self.groups[index]
+        if len(group.incoming.shape) == 3:
+            return self._mean_magnitude(group.incoming.of(), 2, ("in", index))
+        return group.incoming_magnitude()
+
+    def _outgoing_magnitude(self, index: int) -> torch.Tensor:
+        group = self.groups[index]
+        if len(group.outgoing.shape) == 3 and group.fan_out_per_unit == 1:
+            return self._mean_magnitude(group.outgoing.of(), 1, ("out", index))
+        return group.outgoing_magnitude()
+
+    def _mean_magnitude(self, weight: torch.Tensor, dim: int, key: tuple) -> torch.Tensor:
+        """Mean |w| of (S, a, b) weights along `dim`.
+
+        On the CPU |W| goes into a reused buffer: on large layers a fresh S × 2000 × 2000 temporary
+        every step (fresh pages, beyond the CPU allocator's cache) costs more than the reduction, and
+        a fused `vector_norm` reduces strided dims slowly there. On a GPU the fused 1-norm reads the
+        weights once instead of three times (|W| written, then read back), the same sum to rounding.
+        """
+        if weight.device.type != "cpu":
+            return torch.linalg.vector_norm(weight, 1, dim=dim).div_(weight.shape[dim])
+        buffers = self.__dict__.setdefault("_magnitude_buffers", {})
+        buffer = buffers.get(key)
+        if buffer is None or buffer.shape != weight.shape or buffer.device != weight.device:
+            buffer = buffers[key] = torch.empty_like(weight)
+        return torch.abs(weight, out=buffer).mean(dim=dim)
+
+    def _lowest_utility_units(self, state: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        """Each seed's k eligible units of lowest utility, lowest first, ties to the lower index
+        (then ineligible ones, which the caller masks): (S, k). Two stable sorts, by utility then
+        eligible first, order exactly as sorting each seed's eligible units alone."""
+        by_utility = torch.sort(state["bias_corrected_utility"], dim=1, stable=True).indices
+        ineligible = (state["age"] <= self.config.maturity_threshold).gather(1, by_utility)
+        eligible_first = torch.sort(ineligible.to(torch.uint8), dim=1, stable=True).indices[:, :k]
+        return by_utility.gather(1, eligible_first)
+
+    def _replace(
+        self, index: int, state: dict[str, torch.Tensor], counts: torch.Tensor, mean_estimate: torch.Tensor
     ) -> None:
-        incoming, outgoing = group.incoming, group.outgoing
-        if self.config.bias_correction and outgoing.bias is not None:
-            outgoing.bias += (group.outgoing_sum(units) * mean_estimate[units, None]).sum(dim=0)
-        bound = init_bound(self.config.init, group.activation, group.fan_in, group.fan_out)
-        fresh = torch.empty((len(units), *incoming.weight.shape[1:]), dtype=incoming.weight.dtype)
-        if self.config.init_distribution == "normal":
-            fresh.normal_(0.0, bound / math.sqrt(3.0), generator=self.generator)
-        else:
-            fresh.uniform_(-bound, bound, generator=self.generator)
-        incoming.weight[units] = fresh.to(incoming.weight.device)
-        if incoming.bias is not None:
-            incoming.bias[units] = 0.0
-        outgoing.weight[:, group.outgoing_columns(units)] = 0.0
-        if group.norm is not None:
-            _reset_norm_entries(group.norm, units)
+        """Seed s re-initialises its `counts[s]` lowest-utility eligible units of group `index`: the
+        same writes as one seed at a time, masked over each seed's K candidates."""
+        group = self.groups[index]
+        k = self.most_per_step[index]
+        counts = counts.to(self.replaced_total.device)
+        units = self._lowest_utility_units(state, k)
+        chosen = torch.arange(k, device=counts.device) < counts.unsqueeze(1)  # (S, K)
+        outgoing = group.outgoing_by_unit()  # (S, next, width, columns·kernel)
+        if self.config.bias_correction and group.outgoing_bias is not None:
+            columns = outgoing.gather(2, _along(units, outgoing, 2))  # (S, next, K, columns·kernel)
+            columns = columns.squeeze(3) if columns.shape[3] == 1 else columns.sum(dim=3)
+            product = columns * mean_estimate.to(columns.device).gather(1, units).unsqueeze(1)
+            group.outgoing_bias.of().add_(torch.where(chosen.unsqueeze(1), product, 0.0).sum(dim=2))
+        fresh = self._fresh_weights(index, counts)
+        incoming = group.incoming.of()
+        _put(incoming, 1, units, chosen, fresh.view(*units.shape, *incoming.shape[2:]))
+        if group.incoming_bias is not None:
+            _put(group.incoming_bias.of(), 1, units, chosen, 0.0)
+        _put(outgoing, 2, units, chosen, 0.0)
+        for entry in group.norm:
+            _put(entry.view.of(), 1, units, chosen, entry.fresh)
         for key in ("utility", "bias_corrected_utility", "mean_activation", "age"):
-            state[key][units] = 0  # a cumulative `activation_sum` is never reset (the original's)
-        self.replaced_total += len(units)
+            _put(
+                state[key], 1, units, chosen, 0
+            )  # a cumulative `activation_sum` is never reset (the original's)
+        self.replaced_total = self.replaced_total + counts  # (not in place: callers keep old totals)
+        if self.config.reset_optimizer_state:
+            self._reset_optimizer(group, units, chosen)
 
-    def _reset_optimizer(self, group: UnitGroup, units: torch.Tensor) -> None:
-        opt = self.optimizer
-        reset_optimizer_entries(opt, group.incoming.weight, (units,))
-        if group.incoming.bias is not None:
-            reset_optimizer_entries(opt, group.incoming.bias, (units,))
-        columns = group.outgoing_columns(units)
-        reset_optimizer_entries(opt, group.outgoing.weight, (slice(None), columns))
-        if group.norm is not None and group.norm.affine:
-            reset_optimizer_entries(opt, group.norm.weight, (units,))
-            reset_optimizer_entries(opt, group.norm.bias, (units,))
+    def _fresh_weights(self, index: int, counts: torch.Tensor) -> torch.Tensor:
+        """(S, K, fan_in): seed s's first counts[s] rows drawn from its generator as the
+        single-seed learner draws them; the other rows are masked by the caller."""
+        group = self.groups[index]
+        k, fan_in = self.most_per_step[index], group.fan_in
+        seeds = len(self.generators)
+        dtype = group.incoming.tensor.dtype
+        if self.draw_ahead:
+            offsets = torch.arange(k * fan_in, device=counts.device)
+            raw = self._pool.gather(1, self._cursor.unsqueeze(1) + offsets).view(seeds, k, fan_in)
+            bound = self._pool_bounds[index]
+            self._cursor += counts * fan_in
+            return (raw.double() * (bound + bound) - bound).to(dtype)
+        bound = self.bounds[index]
+        fresh = torch.zeros((seeds, k, fan_in), dtype=dtype)
+        for s, count in enumerate(counts.tolist()):
+            if count:
+                rows = fresh[s, :count]
+                if self.config.init_distribution == "normal":
+                    rows.normal_(0.0, bound / math.sqrt(3.0), generator=self.generators[s])
+                else:
+                    rows.uniform_(-bound, bound, generator=self.generators[s])
+        return fresh.to(group.incoming.tensor.device)
+
+    def _reset_optimizer(self, group: UnitGroup, units: torch.Tensor, chosen: torch.Tensor) -> None:
+        """Zero the momentum / Adam moments / per-element step counts of exactly the re-initialised
+        weights (of every tensor the optimizer keeps per element)."""
+        views = [(group.incoming, 1), (group.incoming_bias, 1)]
+        views += [(entry.view, 1) for entry in group.norm]
+        for view, dim in views + [(group.outgoing, 2)]:
+            if view is None:
+                continue
+            for tensor in _per_element_state(self.optimizer, view.tensor):
+                target = group.outgoing_by_unit(tensor) if view is group.outgoing else view.of(tensor)
+                _put(target, dim, units, chosen, 0)
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = {
+        return {
             "config": asdict(self.config),
-            "replaced_total": self.replaced_total,
+            "steps": self.steps,
+            "replaced_total": self.replaced_total.clone(),
             "groups": [{k: v.clone() for k, v in s.items()} for s in self.state],
+            "generators": self._consumed_states(),
         }
-        if self._own_generator:  # a shared CPU generator is saved by its owner
-            state["cpu_generator"] = self.generator.get_state()
-        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["config"] != asdict(self.config):
             raise ValueError(
                 f"checkpoint was written with CBP config {state['config']}, not {asdict(self.config)}"
             )
-        self.replaced_total = int(state["replaced_total"])
+        self.steps = int(state["steps"])
+        self.replaced_total = state["replaced_total"].to(self.replaced_total.device).clone()
         for mine, saved in zip(self.state, state["groups"], strict=True):
             for key, value in saved.items():
                 mine[key] = value.to(mine[key].device).clone()
-        if self._own_generator and "cpu_generator" in state:
-            self.generator.set_state(state["cpu_generator"].cpu())
+        states = [None if saved is None else saved.cpu() for saved in state["generators"]]
+        if self.draw_ahead:
+            self._reset_pool(states)
+        else:
+            for generator, saved in zip(self.generators, states, strict=True):
+                _set_state(generator, saved)
 
 
-_NO_UNITS = torch.zeros(0, dtype=torch.long)
+def generator_keys(generators: Sequence[torch.Generator | None], device: torch.device | str) -> torch.Tensor:
+    """One counter-RNG key per seed from its generator's seed (for callers that pass no keys)."""
+    from lop_ray.data.seeding import derived_seed
+
+    seeds = [(g.initial_seed() if g is not None else torch.initial_seed()) for g in generators]
+    return torch.tensor([derived_seed(seed, 7) & 0xFFFFFFFF for seed in seeds], device=device)
+
+
+def _state_of(generator: torch.Generator | None) -> torch.Tensor | None:
+    return None if generator is None else generator.get_state()
+
+
+def _set_state(generator: torch.Generator | None, state: torch.Tensor | None) -> None:
+    if generator is not None and state is not None:
+        generator.set_state(state)
+
+
+def _per_element_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
+    """The optimizer's per-element state tensors of `param` (none before its first step)."""
+    state = optimizer.state.get(param) or {}
+    tensors = (state.get(key) for key in PER_ELEMENT_STATE)
+    return [t for t in tensors if isinstance(t, torch.Tensor) and t.shape == param.shape]
+
+
+def _unit_mean(h: torch.Tensor) -> torch.Tensor:
+    """(S, width): mean over the batch (and the positions of a conv layer) of (S, B, width, …)."""
+    if h.dim() == 3:
+        return h.mean(dim=1)
+    return h.transpose(1, 2).reshape(h.shape[0], h.shape[2], -1).mean(dim=2)
+
+
+def _broadcast_units(per_unit: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """(S, width) laid along (S, B, width, …)."""
+    return per_unit.reshape(per_unit.shape[0], 1, per_unit.shape[1], *([1] * (h.dim() - 3)))
+
+
+def _along(per_candidate: torch.Tensor, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """(S, K) per-candidate values laid along `tensor`'s unit axis `dim`, expanded over its other axes."""
+    shape = [per_candidate.shape[0]] + [1] * (tensor.dim() - 1)
+    shape[dim] = per_candidate.shape[1]
+    expanded = list(tensor.shape)
+    expanded[dim] = per_candidate.shape[1]
+    return per_candidate.view(shape).expand(expanded)
+
+
+def _put(tensor: torch.Tensor, dim: int, units: torch.Tensor, chosen: torch.Tensor, values) -> None:
+    """tensor[s, units[s, k]] (along `dim`) = values where chosen[s, k]; the other candidates keep theirs."""
+    index = _along(units, tensor, dim)
+    kept = tensor.gather(dim, index)
+    tensor.scatter_(dim, index, torch.where(_along(chosen, tensor, dim), values, kept))
 
 
 def cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
@@ -290,38 +593,3 @@ def age_and_decay(
     state["utility"] *= eta
     state["mean_activation"].mul_(eta).add_(mean_activation, alpha=1.0 - eta)
     return bias_correction, state["mean_activation"] / bias_correction
-
-
-def _per_unit_mean(h: torch.Tensor) -> torch.Tensor:
-    """Mean over every axis but the unit axis (dim 1): batch for linear, batch and positions for conv."""
-    if h.dim() == 2:
-        return h.mean(dim=0)
-    return h.transpose(0, 1).reshape(h.shape[1], -1).mean(dim=1)
-
-
-def _output_weighted(group: UnitGroup, values: torch.Tensor) -> torch.Tensor:
-    """Each unit's mean outgoing |w| times its mean `values` (|h| or |h − f̂|). A unit flattened into
-    several columns of a linear layer (conv → linear) takes the product per column, then the mean
-    over its columns, as the original does (spec/algorithms.md, unit groups)."""
-    if group.fan_out_per_unit == 1:
-        return group.outgoing_magnitude() * _per_unit_mean(values)
-    shape = (group.width, group.fan_out_per_unit)
-    per_column_weight = group.outgoing.weight.detach().abs().mean(dim=0).reshape(shape)
-    return (per_column_weight * values.mean(dim=0).reshape(shape)).mean(dim=1)
-
-
-def _broadcast_units(per_unit: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    return per_unit.reshape(1, -1, *([1] * (h.dim() - 2)))
-
-
-def _reset_norm_entries(norm: torch.nn.Module, units: torch.Tensor) -> None:
-    reset_units = getattr(norm, "reset_units", None)
-    if reset_units is not None:  # a norm that knows its own per-unit state (online normalisation)
-        reset_units(units)
-        return
-    if norm.affine:
-        norm.weight[units] = 1.0
-        norm.bias[units] = 0.0
-    if norm.track_running_stats:
-        norm.running_mean[units] = 0.0
-        norm.running_var[units] = 1.0

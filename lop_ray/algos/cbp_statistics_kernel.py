@@ -7,7 +7,7 @@ microseconds of dispatch for a few hundred flops: three times the whole BP step 
 
 Each seed runs the same loop on its own slice and nothing mixes seeds, so a seed's numbers do not
 depend on the batch it runs in. Sums run in index order in float32, as written; PyTorch's vectorised
-reductions add in another order, so this path and `SeedBatchedContinualBackprop`'s PyTorch path
+reductions add in another order, so this path and `ContinualBackprop`'s PyTorch path
 agree to rounding (tests/test_seed_batched.py states the tolerance) and choose the same units.
 """
 
@@ -31,7 +31,7 @@ _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # x / 0 is inf, as in PyTorch
 def update_unit_statistics(
     h: np.ndarray,  # (S, B, W) float32: the layer's activations this step
     incoming_weight: np.ndarray,  # (S, W, F) float32

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
-_PER_ELEMENT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "step")
+PER_ELEMENT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "step")
 
 
 class Adam(torch.optim.Optimizer):
@@ -124,7 +124,7 @@ class SGD(torch.optim.Optimizer):
     def stateless_update(self) -> tuple[float, float] | None:
         """(lr, weight decay) when an update is W ← W − lr·(g + wd·W) for every parameter (one group,
         no momentum): then a network may add its gradient straight into its weights
-        (`SeedBatchedMLP.fused_sgd_step`) instead of handing it over."""
+        (`MLP.fused_sgd_step`) instead of handing it over."""
         if len(self.param_groups) != 1 or self.param_groups[0]["momentum"]:
             return None
         return self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]
@@ -199,7 +199,7 @@ def reset_optimizer_entries(optimizer: torch.optim.Optimizer, param: torch.Tenso
     state = optimizer.state.get(param)
     if not state:
         return
-    for key in _PER_ELEMENT_STATE:
+    for key in PER_ELEMENT_STATE:
         tensor = state.get(key)
         if isinstance(tensor, torch.Tensor) and tensor.shape == param.shape:
             tensor[index] = 0

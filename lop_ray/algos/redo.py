@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from lop_ray.algos.cbp import InitScheme, _reset_norm_entries
-from lop_ray.algos.optim import reset_optimizer_entries
+from lop_ray.algos.cbp import InitScheme
+from lop_ray.algos.optim import PER_ELEMENT_STATE
 from lop_ray.nets.activations import init_bound
-from lop_ray.nets.units import UnitGroup
+from lop_ray.nets.units import SeedView, UnitGroup
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,25 @@ class ReDoConfig:
 
 
 class ReDo:
-    """An after-step intervention (see `lop_ray.algos.backprop.Intervention`)."""
+    """An after-step intervention (see `lop_ray.algos.backprop.Intervention`) over groups of S
+    seeds (`lop_ray.nets.units`; one seed: S = 1), each seed scored and reset on its own, drawing
+    new weights from its own generator."""
 
     def __init__(
         self,
         groups: Sequence[UnitGroup],
         optimizer: torch.optim.Optimizer,
         config: ReDoConfig,
-        generator: torch.Generator,
+        generators: Sequence[torch.Generator | None] | torch.Generator | None,
     ) -> None:
         self.groups = list(groups)
         self.optimizer = optimizer
         self.config = config
-        self.generator = generator
+        if generators is None or isinstance(generators, torch.Generator):
+            generators = [generators]
+        self.generators = list(generators)
         self.steps = 0
-        self.replaced_total = 0
+        self.replaced_total = torch.zeros(len(self.generators), dtype=torch.long)
 
     @torch.no_grad()
     def after_step(self, activations: Sequence[torch.Tensor]) -> None:
@@ -61,43 +65,51 @@ class ReDo:
         if self.steps % self.config.reset_period:
             return
         # score every layer first: re-initialising one layer zeroes the next one's incoming weights
-        chosen = [self.dormant(h) for h in activations]
-        for group, units in zip(self.groups, chosen, strict=True):
-            if len(units):
-                self._reinitialise(group, units.to(group.incoming.weight.device))
+        dormant = [
+            self.dormant(group.seed_activations(h)) for group, h in zip(self.groups, activations, strict=True)
+        ]
+        for group, mask in zip(self.groups, dormant, strict=True):
+            for seed, row in enumerate(mask.cpu()):
+                units = torch.nonzero(row).reshape(-1)
+                if len(units):
+                    self._reinitialise(group, seed, units.to(group.incoming.tensor.device))
 
     def dormant(self, h: torch.Tensor) -> torch.Tensor:
-        """Indices of the units with score ≤ τ on activations `h` (batch × units)."""
-        per_unit = h.abs().reshape(h.shape[0], h.shape[1], -1).mean(dim=(0, 2))
-        layer_mean = per_unit.mean()
-        if layer_mean == 0:  # 0/0: no score, nothing reset (the original's NaN comparison)
-            return torch.zeros(0, dtype=torch.long)
-        return torch.nonzero(per_unit / layer_mean <= self.config.threshold).reshape(-1)
+        """(S, width) mask of the units with score ≤ τ on activations `h` (S, batch, units, …)."""
+        per_unit = h.abs().reshape(h.shape[0], h.shape[1], h.shape[2], -1).mean(dim=(1, 3))
+        layer_mean = per_unit.mean(dim=1, keepdim=True)
+        # 0/0: no score, nothing reset (the original's NaN comparison)
+        return (per_unit / layer_mean <= self.config.threshold) & (layer_mean != 0)
 
-    def _reinitialise(self, group: UnitGroup, units: torch.Tensor) -> None:
-        incoming, outgoing = group.incoming, group.outgoing
+    def _reinitialise(self, group: UnitGroup, seed: int, units: torch.Tensor) -> None:
+        incoming = group.incoming.of()[seed]
         bound = init_bound(self.config.init, group.activation, group.fan_in, group.fan_out)
-        fresh = torch.empty(
-            (len(units), *incoming.weight.shape[1:]),
-            dtype=incoming.weight.dtype,
-            device=incoming.weight.device,
-        )
-        incoming.weight[units] = fresh.uniform_(-bound, bound, generator=self.generator)
-        if incoming.bias is not None:
-            incoming.bias[units] = 0.0
-        columns = group.outgoing_columns(units)
-        outgoing.weight[:, columns] = 0.0
-        if group.norm is not None:
-            _reset_norm_entries(group.norm, units)
+        fresh = torch.empty((len(units), *incoming.shape[1:]), dtype=incoming.dtype, device=incoming.device)
+        incoming[units] = fresh.uniform_(-bound, bound, generator=self.generators[seed])
+        writes = [(group.incoming, 0.0), (group.incoming_bias, 0.0), (group.outgoing, 0.0)]
+        writes += [(entry.view, entry.fresh) for entry in group.norm]
+        for view, value in writes[1:]:
+            if view is not None:
+                _write(group, view, None, seed, units, value)
         if self.config.reset_optimizer_state:
-            reset_optimizer_entries(self.optimizer, incoming.weight, (units,))
-            if incoming.bias is not None:
-                reset_optimizer_entries(self.optimizer, incoming.bias, (units,))
-            reset_optimizer_entries(self.optimizer, outgoing.weight, (slice(None), columns))
-        self.replaced_total += len(units)
+            for view, _ in writes:
+                if view is None:
+                    continue
+                state = self.optimizer.state.get(view.tensor) or {}
+                for key in PER_ELEMENT_STATE:
+                    tensor = state.get(key)
+                    if isinstance(tensor, torch.Tensor) and tensor.shape == view.tensor.shape:
+                        _write(group, view, tensor, seed, units, 0.0)
+        self.replaced_total[seed] += len(units)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "steps": self.steps, "replaced_total": self.replaced_total}
+        states = [None if g is None else g.get_state() for g in self.generators]
+        return {
+            "config": asdict(self.config),
+            "steps": self.steps,
+            "replaced_total": self.replaced_total.clone(),
+            "generators": states,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["config"] != asdict(self.config):
@@ -105,4 +117,15 @@ class ReDo:
                 f"checkpoint was written with ReDo config {state['config']}, not {asdict(self.config)}"
             )
         self.steps = int(state["steps"])
-        self.replaced_total = int(state["replaced_total"])
+        self.replaced_total = torch.as_tensor(state["replaced_total"]).clone().reshape(len(self.generators))
+        for generator, saved in zip(self.generators, state.get("generators", ()), strict=False):
+            if generator is not None and saved is not None:
+                generator.set_state(saved.cpu())
+
+
+def _write(group: UnitGroup, view: SeedView, like: torch.Tensor | None, seed: int, units, value) -> None:
+    """Set seed `seed`'s entries of `units` in `view` (or in `like`, its optimizer state) to `value`."""
+    if view is group.outgoing:
+        group.outgoing_by_unit(like)[seed][:, units] = value
+    else:
+        view.of(like)[seed][units] = value

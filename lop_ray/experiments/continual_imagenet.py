@@ -1,25 +1,33 @@
-"""Continual ImageNet (spec/problems.md §3), one step of the trainable = one binary task.
+"""Continual ImageNet (spec/problems.md §3) for S seeds of one configuration; one step of the
+trainable = one binary task of every seed.
 
 At the start of every task (task 0 too) the output layer's weights and bias are set to 0 — momentum is
 kept, as in the original; the linear baseline is reset altogether (its only layer zeroed and its
 optimizer state dropped). Then `epochs_per_task` epochs over the task's 1,200 training images,
 reshuffled every epoch, mini-batches of 100, SGD (momentum 0.9 in the paper) with the algorithm's
-interventions after every step. Reported per task: the test accuracy after the last epoch (what the
-figures plot), the last epoch's train accuracy (mean of its online mini-batch accuracies), losses,
-the first epoch's train accuracy, and the mean weight magnitude.
+interventions after every step. Reported per task and seed: the test accuracy after the last epoch
+(what the figures plot), the last epoch's train accuracy (mean of its online mini-batch accuracies),
+losses, the first epoch's train accuracy, and the mean weight magnitude.
 
-Per-batch scores stay on the device and are read once per task: a `.item()` per batch would make the
-GPU wait for the CPU at every step.
+The S seeds train in one network whose parameters hold all of them (`lop_ray.nets.conv_net`). Seed s
+keeps everything it has alone: its class order and epoch shuffles (`ClassPairTasks` with its seed),
+its initial network (drawn from (seed, LEARNER, 0)), its interventions' draws (`build_learner`). All
+seeds are at the same task, so the output layer is zeroed for all at once. Nothing in a step mixes
+seeds, so seed s's metrics do not depend on which seeds share its batch (tests/test_continual_imagenet.py).
+
+Per-batch scores stay on the device and are read once per task, for every seed in one transfer: a
+`.item()` per batch would make the GPU wait for the CPU at every step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
+from lop_ray.algos.backprop import per_seed_cross_entropy
 from lop_ray.data.class_pairs import ClassPairTasks
 from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.data.shards import ImageDataset
@@ -31,7 +39,8 @@ NUM_OUTPUTS = 2
 
 @dataclass(frozen=True)
 class ContinualImageNetConfig:
-    seed: int = 0
+    """One configuration; the seeds it runs on are the experiment's."""
+
     network: str = "conv_net"  # or "linear": the 3072 → 2 baseline, reset every task
     epochs_per_task: int = 250
     batch_size: int = 100
@@ -40,64 +49,90 @@ class ContinualImageNetConfig:
 
 
 class ContinualImageNetExperiment:
-    """One run; `run_step()` learns the next task and returns its metrics."""
+    """S seeds of one configuration; `run_step()` learns every seed's next task and returns one
+    metrics dict per seed, in the order of `seeds`."""
 
     def __init__(
         self,
         config: ContinualImageNetConfig,
+        seeds: Sequence[int],
         train: ImageDataset,
         test: ImageDataset,
         device: str | torch.device = "cpu",
     ) -> None:
         if config.network not in NETWORKS:
             raise ValueError(f"unknown network {config.network!r}; allowed: {sorted(NETWORKS)}")
+        if not seeds:
+            raise ValueError("an experiment needs at least one seed")
         self.config = config
+        self.seeds = [int(seed) for seed in seeds]
         self.device = torch.device(device)
-        self.tasks = ClassPairTasks(train, test, config.seed, config.train_images_per_class)
-        # drawn on the CPU from a CPU generator, so the initial network does not depend on the device
-        self.net = NETWORKS[config.network](NUM_OUTPUTS, generator=generator(config.seed, LEARNER, 0))
-        self.net.to(self.device)
-        self.generator = generator(config.seed, LEARNER, device=self.device)
-        self.learner, self.cbp = build_learner(self.net, config.learner, self.generator, F.cross_entropy)
+        self.tasks = [ClassPairTasks(train, test, seed, config.train_images_per_class) for seed in self.seeds]
+        # drawn on the CPU from CPU generators, so the initial network does not depend on the device
+        generators = [generator(seed, LEARNER, 0) for seed in self.seeds]
+        self.net = NETWORKS[config.network](NUM_OUTPUTS, generators=generators).to(self.device)
+        self.learner, self.cbp = build_learner(
+            self.net, config.learner, self.seeds, self.device, per_seed_cross_entropy
+        )
+        self._seed_rows = torch.arange(len(self.seeds), device=self.device).unsqueeze(1)
         self.steps_done = 0
 
-    def run_step(self) -> dict[str, float]:
+    def run_step(self) -> list[dict[str, float]]:
         task = self.steps_done
         self._start_task()
-        x, y, x_test, y_test = self.tasks.task(task, self.device)
-        shuffles = self.tasks.epoch_orders(task)
-        epochs, batch = self.config.epochs_per_task, self.config.batch_size
-        batches = -(-len(y) // batch)
-        accuracy = torch.zeros(epochs, device=self.device)  # sums of mini-batch accuracies per epoch
-        loss = torch.zeros(epochs, device=self.device)
-        learn = self.learner.learn
-        for epoch in range(epochs):
-            order = torch.randperm(len(y), generator=shuffles).to(self.device)
-            for index in order.split(batch):
-                xb, yb = x[index], y[index]
+        x, y, x_test, y_test = self._task(task)
+        shuffles = [tasks.epoch_orders(task) for tasks in self.tasks]
+        epochs, batch, size = self.config.epochs_per_task, self.config.batch_size, y.shape[1]
+        batches = -(-size // batch)
+        seeds = len(self.seeds)
+        accuracy = torch.zeros(epochs, seeds, device=self.device)  # sums of mini-batch accuracies
+        loss = torch.zeros(epochs, seeds, device=self.device)
+        learn, rows = self.learner.learn, self._seed_rows
+        # every epoch's reshuffle of every seed, (epochs, S, N), sent in one copy: a copy per epoch
+        # would make the host wait for the device's queue each time
+        orders = torch.stack(
+            [torch.stack([torch.randperm(size, generator=g) for _ in range(epochs)]) for g in shuffles], dim=1
+        ).to(self.device)
+        for epoch, order in enumerate(orders):
+            for start in range(0, size, batch):
+                index = order[:, start : start + batch]
+                xb, yb = x[rows, index], y[rows, index]  # (S, batch, 3, 32, 32), (S, batch)
                 batch_loss, output = learn(xb, yb)
-                accuracy[epoch] += (output.argmax(dim=1) == yb).float().mean()
+                accuracy[epoch] += (output.argmax(dim=2) == yb).float().mean(dim=1)
                 loss[epoch] += batch_loss
         with torch.no_grad():
             output, _ = self.net(x_test)
-            test_loss = F.cross_entropy(output, y_test)
-            test_accuracy = (output.argmax(dim=1) == y_test).float().mean()
+            test_loss = per_seed_cross_entropy(output, y_test)
+            test_accuracy = (output.argmax(dim=2) == y_test).float().mean(dim=1)
+            weight_sums = torch.stack(
+                [w.of().reshape(seeds, -1).abs().sum(dim=1) for w in self.net.weights()]
+            )
         self.steps_done += 1
-        accuracy, loss = (accuracy / batches).tolist(), (loss / batches).tolist()
-        weights = [m.weight for m in self.net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-        metrics = {
-            "test_accuracy": float(test_accuracy),
-            "test_loss": float(test_loss),
-            "train_accuracy": accuracy[-1],
-            "train_loss": loss[-1],
-            "first_epoch_train_accuracy": accuracy[0],
-            "tasks": float(self.steps_done),
-            "weight_magnitude": float(sum(w.detach().abs().sum() for w in weights))
-            / sum(w.numel() for w in weights),
-        }
-        if self.cbp is not None:
-            metrics["replaced_units"] = float(self.cbp.replaced_total)
+        accuracy, loss = accuracy / batches, loss / batches
+        scores = torch.stack([test_accuracy, test_loss, accuracy[-1], loss[-1], accuracy[0], *weight_sums])
+        read = scores.cpu().tolist()  # the task's one read from the device, every seed
+        weight_count = sum(w.of()[0].numel() for w in self.net.weights())
+        replaced = self.cbp.replaced_total.tolist() if self.cbp is not None else None
+        metrics = []
+        for s in range(seeds):
+            seed_metrics = {
+                "test_accuracy": read[0][s],
+                "test_loss": read[1][s],
+                "train_accuracy": read[2][s],
+                "train_loss": read[3][s],
+                "first_epoch_train_accuracy": read[4][s],
+                "tasks": float(self.steps_done),
+                "weight_magnitude": sum(layer[s] for layer in read[5:]) / weight_count,
+            }
+            if replaced is not None:
+                seed_metrics["replaced_units"] = float(replaced[s])
+            metrics.append(seed_metrics)
         return metrics
+
+    def _task(self, task: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every seed's task `task`, seed first: images (S, N, 3, 32, 32), labels (S, N)."""
+        per_seed = [tasks.task(task, self.device) for tasks in self.tasks]
+        return tuple(torch.stack(parts) for parts in zip(*per_seed, strict=True))  # type: ignore[return-value]
 
     @torch.no_grad()
     def _start_task(self) -> None:
@@ -108,23 +143,27 @@ class ContinualImageNetExperiment:
             self.learner.optimizer.state.clear()
 
     def state_dict(self) -> dict[str, Any]:
+        # the stream needs nothing but the task count; every generator is the learner's
         return {
+            "seeds": list(self.seeds),
             "steps_done": self.steps_done,
             "learner": self.learner.state_dict(),
-            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["seeds"]) != self.seeds:
+            raise ValueError(
+                f"checkpoint holds seeds {list(state['seeds'])}, this experiment runs {self.seeds}"
+            )
         self.steps_done = int(state["steps_done"])
         self.learner.load_state_dict(state["learner"])
-        self.generator.set_state(state["generator"].cpu())
 
 
 def config_from_trial(trial: dict[str, Any]) -> ContinualImageNetConfig:
-    """The experiment config of one trial of a validated sweep (see `lop_ray.schema`)."""
+    """The experiment config of one trial of a validated sweep (see `lop_ray.schema`); its seed is
+    given to the experiment with those of the trials batched with it."""
     settings = trial["problem_settings"]
     return ContinualImageNetConfig(
-        seed=int(trial["seed"]),
         network=trial["network"]["architecture"],
         epochs_per_task=settings["epochs_per_task"],
         batch_size=settings["batch_size"],

@@ -1,14 +1,32 @@
 """The learner of one trial, shared by every supervised problem: Backprop with its optimizer, L2,
-and the interventions its algorithm asks for."""
+and the interventions its algorithm asks for.
+
+An intervention a sweep can name as its `algorithm` is a `Method` in `METHODS`: the dataclass of its
+hyper-parameters and how to attach it to a learner of S seeds. With its schema entry
+(`lop_ray.problems.learners.SUPERVISED_ALGORITHMS`) that is all a new method needs to run on every
+supervised problem, seed-batched (docs/adding_a_method.md walks through ReDo).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lop_ray.algos import Backprop, CBPConfig, ContinualBackprop, ShrinkAndPerturb, make_optimizer
+from lop_ray.algos import (
+    Backprop,
+    CBPConfig,
+    ContinualBackprop,
+    Intervention,
+    ShrinkAndPerturb,
+    make_optimizer,
+)
+from lop_ray.algos.counter_rng import seed_keys
+from lop_ray.algos.redo import ReDo, ReDoConfig
+from lop_ray.data.seeding import LEARNER, generator
+from lop_ray.nets.mlp import MLP
 from lop_ray.nets.units import UnitNetwork
 
 
@@ -26,6 +44,35 @@ class LearnerSettings:
     weight_decay: float = 0.0
     perturb_scale: float = 0.0
     cbp: CBPConfig | None = None
+    method: Any = None  # the hyper-parameters of another registered method (`METHODS`)
+
+
+@dataclass(frozen=True)
+class Method:
+    """An intervention a sweep names as its `algorithm`. `config`: the frozen dataclass of its
+    hyper-parameters (a trial's hyper-parameters of those names go to it, the rest to the
+    optimizer); `attach(net, optimizer, config, seeds, device, keys)` builds it for a network of
+    `len(seeds)` seeds, drawing what seed s draws alone (its own learner generator, or counter-based
+    noise on `keys[s]`)."""
+
+    config: type
+    attach: Callable[..., Intervention]
+
+
+def _continual_backprop(net, optimizer, config, seeds, device, keys) -> ContinualBackprop:
+    generators = [generator(seed, LEARNER, device=device) for seed in seeds]
+    return ContinualBackprop(net.unit_groups(), optimizer, config, generators, keys)
+
+
+def _redo(net, optimizer, config, seeds, device, keys) -> ReDo:
+    generators = [generator(seed, LEARNER, device=device) for seed in seeds]
+    return ReDo(net.unit_groups(), optimizer, config, generators)
+
+
+METHODS: dict[str, Method] = {
+    "cbp": Method(CBPConfig, _continual_backprop),
+    "redo": Method(ReDoConfig, _redo),
+}
 
 
 def optimizer_for(parameters, settings: LearnerSettings) -> torch.optim.Optimizer:
@@ -43,25 +90,55 @@ def optimizer_for(parameters, settings: LearnerSettings) -> torch.optim.Optimize
 
 
 def build_learner(
-    net: UnitNetwork, settings: LearnerSettings, gen: torch.Generator, loss_fn
-) -> tuple[Backprop, ContinualBackprop | None]:
-    """Backprop with the interventions the algorithm asks for (CBP, then shrink-and-perturb)."""
+    net: UnitNetwork,
+    settings: LearnerSettings,
+    seeds: Sequence[int],
+    device: torch.device | str,
+    loss_fn: Callable,
+) -> tuple[Backprop, Intervention | None]:
+    """Backprop with the interventions the algorithm asks for (its method, then shrink-and-perturb)
+    for a network of `len(seeds)` seeds (one seed: S = 1), and the intervention that replaces units
+    (its `replaced_total` is each seed's count), if any."""
+    device = torch.device(device)
     optimizer = optimizer_for(net.parameters(), settings)
+    keys = seed_keys(list(seeds), device)
     interventions = []
-    cbp = None
-    if settings.cbp is not None:
-        cbp = ContinualBackprop(net.unit_groups(), optimizer, settings.cbp, gen)
-        interventions.append(cbp)
+    replacer = None
+    for config in (settings.cbp, settings.method):
+        if config is not None:
+            method = next(m for m in METHODS.values() if isinstance(config, m.config))
+            interventions.append(method.attach(net, optimizer, config, seeds, device, keys))
+            replacer = interventions[-1]
     if settings.perturb_scale > 0:
-        interventions.append(ShrinkAndPerturb(net.parameters(), settings.perturb_scale, gen))
-    return Backprop(net, optimizer, loss_fn, interventions), cbp
+        # a large network's noise comes from a generator per seed (`ShrinkAndPerturb`), its own
+        noise = [generator(seed, LEARNER, ShrinkAndPerturb.stream, device=device) for seed in seeds]
+        interventions.append(ShrinkAndPerturb(net.parameter_views(), settings.perturb_scale, keys, noise))
+    return Backprop(net, optimizer, loss_fn, interventions), replacer
 
 
 def learner_from_trial(trial: dict[str, Any]) -> LearnerSettings:
     """The learner settings of one trial of a validated sweep (see `lop_ray.schema`)."""
     hyper = dict(trial["hyperparameters"])
-    cbp = None
-    if trial["algorithm"] == "cbp":
-        cbp_keys = CBPConfig.__dataclass_fields__
-        cbp = CBPConfig(**{k: hyper.pop(k) for k in list(hyper) if k in cbp_keys})
-    return LearnerSettings(algorithm=trial["algorithm"], cbp=cbp, **hyper)
+    method = METHODS.get(trial["algorithm"])
+    config = None
+    if method is not None:
+        fields = method.config.__dataclass_fields__
+        config = method.config(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
+    if isinstance(config, CBPConfig):
+        return LearnerSettings(algorithm=trial["algorithm"], cbp=config, **hyper)
+    return LearnerSettings(algorithm=trial["algorithm"], method=config, **hyper)
+
+
+def initial_mlp(
+    sizes: Sequence[int],
+    activation: str,
+    seeds: Sequence[int],
+    dropout: float = 0.0,
+    online_norm: bool = False,
+) -> MLP:
+    """The MLP of seeds `seeds`: seed s's slice drawn on the CPU from the CPU generator
+    (s, LEARNER, 0), so it depends neither on the device nor on the other seeds; dropout masks
+    from each seed's counter key."""
+    keys = seed_keys(list(seeds)) if dropout else None
+    generators = [generator(seed, LEARNER, 0) for seed in seeds]
+    return MLP(sizes, activation, generators, dropout=dropout, online_norm=online_norm, dropout_keys=keys)

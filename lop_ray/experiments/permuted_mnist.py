@@ -1,4 +1,4 @@
-"""Online permuted MNIST (spec/problems.md §2), one step of the trainable = one task.
+"""Online permuted MNIST (spec/problems.md §2), one step of the trainable = one task of every seed.
 
 Before training on a task, the network's hidden units are measured on the task's first
 `probe_examples` examples (dead units, ranks); then every example is seen once at batch size 1, the
@@ -7,18 +7,17 @@ prediction scored before the update (online accuracy); at the task's end the wei
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from lop_ray.data.permuted import PermutedTaskStream
-from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.data.shards import ImageDataset
-from lop_ray.experiments.learner import LearnerSettings, build_learner, learner_from_trial
-from lop_ray.metrics import dead_units, layer_weight_sums, rank_summaries
-from lop_ray.nets import MLP
+from lop_ray.experiments.learner import LearnerSettings, build_learner, initial_mlp, learner_from_trial
+from lop_ray.metrics import dead_units, rank_summaries
+from lop_ray.nets.losses import per_seed_cross_entropy
 
 RANK_METRICS = ("effective_rank", "approximate_rank", "abs_approximate_rank", "rank")
 
@@ -37,77 +36,87 @@ class PermutedMNISTConfig:
 
 
 class PermutedMNISTExperiment:
-    """One run; `run_step()` learns the next task and returns its metrics."""
+    """S runs of online permuted MNIST (one configuration, seeds `seeds`; by default the config's
+    one seed) in one `MLP`; `run_step()` learns every seed's next task and returns each seed's
+    metrics. Seed s reads its own task stream (its own permutations and example orders) and starts
+    from exactly its own network, so its metrics are what it gives alone, to float rounding (a
+    batched matrix product is not the single-seed matrix-vector product, so the last bits may
+    differ; tests/test_permuted_mnist.py)."""
 
     def __init__(
-        self, config: PermutedMNISTConfig, dataset: ImageDataset, device: str | torch.device = "cpu"
+        self,
+        config: PermutedMNISTConfig,
+        dataset: ImageDataset,
+        device: str | torch.device = "cpu",
+        seeds: Sequence[int] | None = None,
+        chunk: int = 1000,
     ) -> None:
         self.config = config
+        self.seeds = [config.seed] if seeds is None else list(seeds)
         self.device = torch.device(device)
-        self.stream = PermutedTaskStream(dataset, config.seed, config.examples_per_task, self.device)
-        sizes = [self.stream.num_inputs, *[config.hidden_units] * config.hidden_layers, dataset.num_classes]
-        # drawn on the CPU from a CPU generator, so the initial network does not depend on the device
-        self.net = MLP(
-            sizes,
-            config.activation,
-            generator=generator(config.seed, LEARNER, 0),
-            dropout=config.dropout,
-            online_norm=config.online_norm,
-        ).to(self.device)
-        self.generator = generator(config.seed, LEARNER, device=self.device)
-        self.net.noise_generator = self.generator  # dropout masks: part of the learner's randomness
-        self.learner, self.cbp = build_learner(self.net, config.learner, self.generator, F.cross_entropy)
+        self.chunk = chunk
+        self.streams = PermutedTaskStream.for_seeds(
+            dataset, self.seeds, config.examples_per_task, self.device
+        )
+        stream = self.streams[0]
+        sizes = [stream.num_inputs, *[config.hidden_units] * config.hidden_layers, stream.num_classes]
+        self.net = initial_mlp(sizes, config.activation, self.seeds, config.dropout, config.online_norm).to(
+            self.device
+        )
+        self.learner, self.cbp = build_learner(
+            self.net, config.learner, self.seeds, self.device, per_seed_cross_entropy
+        )
         self.steps_done = 0
 
-    def run_step(self) -> dict[str, float]:
+    def run_step(self) -> list[dict[str, float]]:
+        """Every seed learns its next task; metrics per seed, in the order of `seeds`."""
         task = self.steps_done
         metrics = self._probe(task)
-        correct, loss_sum, seen = 0, 0.0, 0
+        num_seeds = len(self.seeds)
+        correct = torch.zeros(num_seeds, dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros(num_seeds, dtype=torch.float64, device=self.device)
         learn = self.learner.learn
-        for x, y in self.stream.examples(task):
-            # predictions are scored once per chunk: per-example reductions would double the op count
-            steps = [learn(xi, yi) for xi, yi in zip(x.split(1), y.split(1), strict=True)]
-            losses, outputs = zip(*steps, strict=True)
-            correct += int((torch.cat(outputs).argmax(dim=1) == y).sum())
-            loss_sum += float(torch.stack(losses).sum())
-            seen += len(y)
+        chunks = zip(*(stream.examples(task, self.chunk) for stream in self.streams), strict=True)
+        for per_seed in chunks:
+            # example-major (chunk, S, 1, pixels): one contiguous block per step
+            x = torch.stack([chunk_x for chunk_x, _ in per_seed], dim=1).unsqueeze(2)
+            y = torch.stack([chunk_y for _, chunk_y in per_seed], dim=1).unsqueeze(2)
+            steps = [learn(xi, yi) for xi, yi in zip(x, y, strict=True)]
+            losses = torch.stack([loss for loss, _ in steps])  # (chunk, S)
+            outputs = torch.stack([output for _, output in steps])  # (chunk, S, 1, classes)
+            correct += (outputs.argmax(dim=3) == y).sum(dim=(0, 2))
+            loss_sum += losses.sum(dim=0, dtype=torch.float64)
         self.steps_done += 1
-        sums = layer_weight_sums(self.net)
-        metrics.update(
-            accuracy=correct / seen,
-            loss=loss_sum / seen,
-            tasks=float(self.steps_done),
-            examples=float(self.steps_done * self.stream.examples_per_task),
-            weight_magnitude=sum(sums) / sum(p.numel() for p in self._weights()),
-            **{f"weight_sum_layer{i}": value for i, value in enumerate(sums)},
-        )
-        if self.cbp is not None:
-            metrics["replaced_units"] = float(self.cbp.replaced_total)
+        seen = self.streams[0].examples_per_task
+        count = self.net.weights_per_seed
+        for s, (seed_metrics, sums) in enumerate(zip(metrics, self.net.weight_abs_sums(), strict=True)):
+            seed_metrics.update(
+                accuracy=int(correct[s]) / seen,
+                loss=float(loss_sum[s]) / seen,
+                tasks=float(self.steps_done),
+                examples=float(self.steps_done * seen),
+                weight_magnitude=sum(sums) / count,
+                **{f"weight_sum_layer{i}": value for i, value in enumerate(sums)},
+            )
+            if self.cbp is not None:
+                seed_metrics["replaced_units"] = float(self.cbp.replaced_total[s])
         return metrics
 
-    def _probe(self, task: int) -> dict[str, float]:
-        """Dead units and ranks of each hidden layer on the new task's first examples, before training."""
-        x, _ = self.stream.probe(task, self.config.probe_examples)
+    def _probe(self, task: int) -> list[dict[str, float]]:
+        """Each seed's units measured on its own new task's first examples, before training."""
+        probes = [stream.probe(task, self.config.probe_examples)[0] for stream in self.streams]
         self.net.eval()  # no dropout, no update of online normalisation's statistics
         with torch.no_grad():
-            _, activations = self.net(x)
+            _, activations = self.net(torch.stack(probes))  # (S, examples, units) per layer
         self.net.train()
-        return probe_metrics(activations)
-
-    def _weights(self):
-        return [layer.weight for layer in self.net.layers]
+        return [probe_metrics([h[s] for h in activations]) for s in range(len(self.seeds))]
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "steps_done": self.steps_done,
-            "learner": self.learner.state_dict(),
-            "generator": self.generator.get_state(),
-        }
+        return {"steps_done": self.steps_done, "learner": self.learner.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps_done = int(state["steps_done"])
         self.learner.load_state_dict(state["learner"])
-        self.generator.set_state(state["generator"].cpu())
 
 
 def probe_metrics(activations: list[torch.Tensor]) -> dict[str, float]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lop_ray.algos.cbp import CBPConfig, ContinualBackprop
+from lop_ray.algos.counter_rng import seed_keys
 from lop_ray.algos.optim import make_optimizer
 from lop_ray.algos.ppo import PPOConfig, PPOLearner
 from lop_ray.algos.redo import ReDo, ReDoConfig
@@ -143,10 +144,21 @@ class PPOExperiment:
     def _interventions(self, optimizer) -> tuple[list, list]:
         cfg, gen = self.config, self.intervention_generator
         policy, value = [], []
+        # both draw new weights from the one intervention generator, in turn (never ahead), and
+        # their per-step draws from counter streams of keys of their own
+        keys = seed_keys([cfg.seed], self.device)
         if cfg.policy_cbp is not None:
-            policy.append(ContinualBackprop(self.policy.unit_groups(), optimizer, cfg.policy_cbp, gen))
+            policy.append(
+                ContinualBackprop(
+                    self.policy.unit_groups(), optimizer, cfg.policy_cbp, gen, keys, draw_ahead=False
+                )
+            )
         if cfg.value_cbp is not None:
-            value.append(ContinualBackprop(self.value.unit_groups(), optimizer, cfg.value_cbp, gen))
+            value.append(
+                ContinualBackprop(
+                    self.value.unit_groups(), optimizer, cfg.value_cbp, gen, keys ^ 1, draw_ahead=False
+                )
+            )
         if cfg.redo is not None:
             policy.append(ReDo(self.policy.unit_groups(), optimizer, cfg.redo, gen))
             value.append(ReDo(self.value.unit_groups(), optimizer, cfg.redo, gen))

@@ -1,17 +1,17 @@
-"""Slowly-changing regression, one step of the trainable = `examples_per_step` online examples."""
+"""Slowly-changing regression, one step of the trainable = `examples_per_step` online examples of
+every seed of the trial, all seeds in one `MLP` (see `lop_ray.nets.mlp` for why this is fast)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from lop_ray.data.regression import RegressionSettings, RegressionStream
-from lop_ray.data.seeding import LEARNER, generator
-from lop_ray.experiments.learner import LearnerSettings, build_learner, learner_from_trial
-from lop_ray.metrics import weight_magnitude
-from lop_ray.nets import MLP
+from lop_ray.experiments.learner import LearnerSettings, build_learner, initial_mlp, learner_from_trial
+from lop_ray.nets.losses import per_seed_mse
 
 
 @dataclass(frozen=True)
@@ -25,54 +25,64 @@ class RegressionConfig:
 
 
 class RegressionExperiment:
-    """One run of slowly-changing regression; `run_step()` advances it and returns the step's metrics."""
+    """S runs of slowly-changing regression (one configuration, seeds `seeds`; by default the
+    config's one seed); `run_step()` advances every seed by `examples_per_step` examples and
+    returns each seed's metrics. Seed s sees exactly its own stream (`RegressionStream(…, s)`) and
+    starts from exactly its own network, whichever seeds share its batch."""
 
-    def __init__(self, config: RegressionConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        config: RegressionConfig,
+        seeds: Sequence[int] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        settings = config.learner
         self.config = config
+        self.seeds = [config.seed] if seeds is None else list(seeds)
         self.device = torch.device(device)
-        self.stream = RegressionStream(config.problem, config.seed)
-        self.generator = generator(config.seed, LEARNER, device=self.device)
-        sizes = [config.problem.num_inputs]
-        if config.hidden_units:
-            sizes.append(config.hidden_units)
-        sizes.append(1)
-        # the net is initialised on the CPU from a CPU generator so the draw is device-independent
-        init_gen = generator(config.seed, LEARNER, 0)
-        self.net = MLP(sizes, config.activation, generator=init_gen).to(self.device)
-        self.learner, self.cbp = build_learner(
-            self.net, config.learner, self.generator, torch.nn.functional.mse_loss
-        )
+        self.streams = [RegressionStream(config.problem, seed) for seed in self.seeds]
+        sizes = [config.problem.num_inputs, *([config.hidden_units] if config.hidden_units else []), 1]
+        self.net = initial_mlp(sizes, config.activation, self.seeds).to(self.device)
+        self.learner, self.cbp = build_learner(self.net, settings, self.seeds, self.device, per_seed_mse)
         self.steps_done = 0
 
-    def run_step(self) -> dict[str, float]:
-        """Learn online on the next `examples_per_step` examples; return their mean squared error."""
-        x, y = self.stream.take(self.config.examples_per_step)
-        x, y = x.to(self.device), y.to(self.device)
+    def run_step(self) -> list[dict[str, float]]:
+        """Every seed learns online on its next `examples_per_step` examples; metrics per seed."""
+        n = self.config.examples_per_step
+        taken = [stream.take(n) for stream in self.streams]
+        # example-major, (n, S, 1, features): each example of every seed is one contiguous block, so
+        # the per-step kernels read dense memory instead of S rows strided by n
+        x = torch.stack([t[0] for t in taken], dim=1).unsqueeze(2).to(self.device)
+        y = torch.stack([t[1] for t in taken], dim=1).unsqueeze(2).to(self.device)
         learn = self.learner.learn
-        errors = [learn(xi, yi)[0] for xi, yi in zip(x.split(1), y.split(1), strict=True)]
+        losses = [learn(xi, yi)[0] for xi, yi in zip(x, y, strict=True)]
         self.steps_done += 1
-        metrics = {
-            "squared_error": torch.stack(errors).mean().item(),
-            "examples": float(self.stream.position),
-            "weight_magnitude": weight_magnitude(self.net),
-        }
+        # per seed, each reduction over one contiguous row: the same sums whatever S is
+        errors = [row.mean().item() for row in torch.stack(losses, dim=1)]
+        count = self.net.weights_per_seed
+        magnitude = [sum(sums) / count for sums in self.net.weight_abs_sums()]
+        examples = float(self.streams[0].position)
+        metrics = [
+            {"squared_error": error, "examples": examples, "weight_magnitude": mag}
+            for error, mag in zip(errors, magnitude, strict=True)
+        ]
         if self.cbp is not None:
-            metrics["replaced_units"] = float(self.cbp.replaced_total)
+            for seed_metrics, replaced in zip(metrics, self.cbp.replaced_total.tolist(), strict=True):
+                seed_metrics["replaced_units"] = float(replaced)
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "steps_done": self.steps_done,
             "learner": self.learner.state_dict(),
-            "stream": self.stream.state_dict(),
-            "generator": self.generator.get_state(),
+            "streams": [stream.state_dict() for stream in self.streams],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps_done = int(state["steps_done"])
         self.learner.load_state_dict(state["learner"])
-        self.stream.load_state_dict(state["stream"])
-        self.generator.set_state(state["generator"].cpu())  # RNG states are CPU byte tensors
+        for stream, saved in zip(self.streams, state["streams"], strict=True):
+            stream.load_state_dict(saved)
 
 
 def config_from_trial(trial: dict[str, Any]) -> RegressionConfig:

@@ -1,90 +1,204 @@
-"""Continual ImageNet's networks (spec/networks.md, problems.md §3): the small conv net and the linear
-baseline, both with PyTorch's default initialisation drawn from the seed's generator.
+"""Continual ImageNet's networks (spec/networks.md, problems.md §3) for S seeds at once: the small
+conv net and the linear baseline, PyTorch's default initialisation drawn from each seed's generator.
 
 Conv net: conv 3→32 5×5 → ReLU → maxpool 2 → conv 32→64 3×3 → ReLU → maxpool 2 → conv 64→128 3×3 →
 ReLU → maxpool 2 → flatten (128·2·2 = 512) → fc 128 → ReLU → fc 128 → ReLU → fc 2. Its five hidden
 layers are unit groups: conv→conv twice, conv→linear (each channel owns the 2·2 = 4 consecutive
 columns it is flattened into) and linear→linear twice. The features CBP and the metrics read are taken
 after ReLU and max-pool, as in the original.
+
+Layout. A conv layer of S seeds is one grouped convolution's parameters, weight (S·out, in, k, k) and
+bias (S·out); a linear layer is weight (S, out, in) and bias (S, out), applied with `torch.baddbmm`.
+Inputs are (S, batch, 3, 32, 32), each seed its own images; logits (S, batch, outputs); every hidden
+activation is seed-first, (S, batch, C, H, W) or (S, batch, width). The convolutions run either as
+one grouped call (`groups=S`) or as S calls on the seeds' slices of the same parameters: measured on
+a CPU (bench/seed_batching_imagenet.py, the report of issue 14) the loop is faster there, and it is
+bit-identical to a seed alone, while a grouped call is one launch instead of S on a GPU. `grouped`
+chooses; None (the default) takes the grouped call on CUDA and the loop elsewhere.
+
+Seed s starts from exactly what the single-seed net drew from its generator: the same uniform draws,
+layer by layer, weight then bias, in forward order.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lop_ray.nets.units import UnitGroup, UnitNetwork
+from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork
 
 IMAGE_SHAPE = (3, 32, 32)
+CONV_SHAPES = ((32, 3, 5, 5), (64, 32, 3, 3), (128, 64, 3, 3))  # (out, in, k, k)
+POSITIONS_AFTER_CONV = 2 * 2  # 32 →conv5→ 28 →pool→ 14 →conv3→ 12 →pool→ 6 →conv3→ 4 →pool→ 2
+HIDDEN = 128
 
 
-def default_init(layer: nn.Linear | nn.Conv2d, generator: torch.Generator | None) -> None:
-    """PyTorch's default init of a linear/conv layer, U(±1/√fan_in) for weights and biases, drawn from
-    `generator` (PyTorch's own `reset_parameters` can only draw from the global RNG)."""
-    bound = 1.0 / math.sqrt(layer.weight[0].numel())
-    with torch.no_grad():
-        layer.weight.uniform_(-bound, bound, generator=generator)
-        if layer.bias is not None:
-            layer.bias.uniform_(-bound, bound, generator=generator)
+def default_init(shape: tuple[int, ...], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's default init of one seed's linear/conv layer of weight `shape`: U(±1/√fan_in) for
+    the weight, then the bias, drawn from `generator` (PyTorch's own `reset_parameters` can only draw
+    from the global RNG). The order of draws is the seed's identity: keep it."""
+    bound = 1.0 / math.sqrt(math.prod(shape[1:]))
+    weight = torch.empty(shape).uniform_(-bound, bound, generator=generator)
+    bias = torch.empty(shape[0]).uniform_(-bound, bound, generator=generator)
+    return weight, bias
+
+
+class SeedConv2d(nn.Module):
+    """S conv layers (no padding, stride 1) as a grouped convolution's weight (S·out, in, k, k) and
+    bias (S·out): seed s owns the s-th block of `out` output channels."""
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        self.seeds = len(weights)
+        self.out_channels = weights[0].shape[0]
+        self.weight = nn.Parameter(torch.cat(list(weights)))
+        self.bias = nn.Parameter(torch.cat(list(biases)))
+
+    def views(self) -> list[SeedView]:
+        return [SeedView.split(self.weight, self.seeds), SeedView.split(self.bias, self.seeds)]
+
+
+class SeedLinear(nn.Module):
+    """S linear layers: weight (S, out, in), bias (S, out)."""
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack(list(weights)))
+        self.bias = nn.Parameter(torch.stack(list(biases)))
+
+    def views(self) -> list[SeedView]:
+        return [SeedView.whole(self.weight), SeedView.whole(self.bias)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(S, batch, in) → (S, batch, out); x may be a strided view."""
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+def _check_generators(generators: Sequence[torch.Generator]) -> int:
+    if len(generators) == 0:
+        raise ValueError("a network needs one generator per seed, got none")
+    return len(generators)
 
 
 class ConvNet(UnitNetwork):
-    """The paper's conv net for 32×32 RGB inputs; `forward` returns (logits, hidden features)."""
+    """The paper's conv net for 32×32 RGB inputs, S = len(generators) seeds; `forward` returns
+    (logits, hidden features)."""
 
-    def __init__(self, num_outputs: int = 2, generator: torch.Generator | None = None) -> None:
+    def __init__(self, num_outputs: int = 2, *, generators: Sequence[torch.Generator]) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, 5)
-        self.conv2 = nn.Conv2d(32, 64, 3)
-        self.conv3 = nn.Conv2d(64, 128, 3)
-        self.positions_after_conv = 2 * 2  # 32 →conv5→ 28 →pool→ 14 →conv3→ 12 →pool→ 6 →conv3→ 4 →pool→ 2
-        self.fc1 = nn.Linear(128 * self.positions_after_conv, 128)
-        self.fc2 = nn.Linear(128, 128)
-        self.fc3 = nn.Linear(128, num_outputs)
-        for layer in (self.conv1, self.conv2, self.conv3, self.fc1, self.fc2, self.fc3):
-            default_init(layer, generator)
+        self.seeds = _check_generators(generators)
+        self.grouped: bool | None = None  # None: a grouped call on CUDA, a loop over seeds elsewhere
+        self.positions_after_conv = POSITIONS_AFTER_CONV
+        fc_shapes = (
+            (HIDDEN, CONV_SHAPES[-1][0] * POSITIONS_AFTER_CONV),
+            (HIDDEN, HIDDEN),
+            (num_outputs, HIDDEN),
+        )
+        # one seed's draws: conv1, conv2, conv3, fc1, fc2, fc3 — so draw all six per generator first
+        drawn = [[default_init(shape, g) for shape in (*CONV_SHAPES, *fc_shapes)] for g in generators]
+
+        def layer(cls, i):
+            return cls([seed[i][0] for seed in drawn], [seed[i][1] for seed in drawn])
+
+        self.conv1, self.conv2, self.conv3 = (layer(SeedConv2d, i) for i in range(3))
+        self.fc1, self.fc2, self.fc3 = (layer(SeedLinear, i) for i in range(3, 6))
 
     @property
-    def output(self) -> nn.Linear:
+    def output(self) -> SeedLinear:
         return self.fc3
 
+    @property
+    def convs(self) -> tuple[SeedConv2d, ...]:
+        return (self.conv1, self.conv2, self.conv3)
+
+    def weights(self) -> list[SeedView]:
+        """The weight tensors (no biases), seed first: what the weight-magnitude metric averages."""
+        return [layer.views()[0] for layer in (*self.convs, self.fc1, self.fc2, self.fc3)]
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h1 = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        h2 = F.max_pool2d(F.relu(self.conv2(h1)), 2)
-        h3 = F.max_pool2d(F.relu(self.conv3(h2)), 2)
-        h4 = F.relu(self.fc1(h3.flatten(1)))  # channel-major: channel c owns columns 4c … 4c+3
+        grouped = self.grouped if self.grouped is not None else x.device.type == "cuda"
+        features = self._grouped_convs(x) if grouped else self._convs_seed_by_seed(x)
+        # channel-major flatten per seed: channel c owns columns 4c … 4c+3 (a view of either layout)
+        h4 = F.relu(self.fc1(features[-1].reshape(self.seeds, x.shape[1], -1)))
         h5 = F.relu(self.fc2(h4))
-        return self.fc3(h5), [h1, h2, h3, h4, h5]
+        return self.fc3(h5), [*features, h4, h5]
+
+    def _grouped_convs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One call per layer on (batch, S·C, H, W); each feature seed-first as a view of it."""
+        seeds, batch = x.shape[:2]
+        h = x.transpose(0, 1).reshape(batch, seeds * x.shape[2], *x.shape[3:])
+        features = []
+        for conv in self.convs:
+            h = F.max_pool2d(F.relu(F.conv2d(h, conv.weight, conv.bias, groups=seeds)), 2)
+            features.append(h.view(batch, seeds, conv.out_channels, *h.shape[2:]).transpose(0, 1))
+        return features
+
+    def _convs_seed_by_seed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """S calls per layer on the seeds' slices of the parameters (unbound, so that the backward
+        pass stacks the S gradients once instead of summing S zero-padded copies)."""
+        per_seed = list(x.unbind(0))
+        features = []
+        for conv in self.convs:
+            weights = conv.weight.view(self.seeds, conv.out_channels, *conv.weight.shape[1:]).unbind(0)
+            biases = conv.bias.view(self.seeds, conv.out_channels).unbind(0)
+            per_seed = [
+                F.max_pool2d(F.relu(F.conv2d(h, w, b)), 2)
+                for h, w, b in zip(per_seed, weights, biases, strict=True)
+            ]
+            features.append(torch.stack(per_seed))
+        return features
 
     def unit_groups(self) -> list[UnitGroup]:
-        return [
-            UnitGroup("conv1", self.conv1, self.conv2, "relu"),
-            UnitGroup("conv2", self.conv2, self.conv3, "relu"),
-            UnitGroup("conv3", self.conv3, self.fc1, "relu", fan_out_per_unit=self.positions_after_conv),
-            UnitGroup("fc1", self.fc1, self.fc2, "relu"),
-            UnitGroup("fc2", self.fc2, self.fc3, "relu"),
-        ]
+        chain = (*self.convs, self.fc1, self.fc2, self.fc3)
+        names = ("conv1", "conv2", "conv3", "fc1", "fc2")
+        groups = []
+        for name, layer, following in zip(names, chain, chain[1:], strict=False):
+            (weight, bias), (next_weight, next_bias) = layer.views(), following.views()
+            groups.append(
+                UnitGroup(
+                    name,
+                    weight,
+                    next_weight,
+                    "relu",
+                    incoming_bias=bias,
+                    outgoing_bias=next_bias,
+                    fan_out_per_unit=self.positions_after_conv if name == "conv3" else 1,
+                )
+            )
+        return groups  # activations are seed-first already: the default `seed_activations`
+
+    def parameter_views(self) -> list[SeedView]:
+        return [view for layer in (*self.convs, self.fc1, self.fc2, self.fc3) for view in layer.views()]
 
 
 class LinearNet(UnitNetwork):
-    """The linear baseline, 3072 → 2 on the raw pixels: no hidden units, so nothing for CBP to replace."""
+    """The linear baseline, 3072 → 2 on the raw pixels, S seeds: no hidden units, nothing for CBP."""
 
-    def __init__(self, num_outputs: int = 2, generator: torch.Generator | None = None) -> None:
+    def __init__(self, num_outputs: int = 2, *, generators: Sequence[torch.Generator]) -> None:
         super().__init__()
-        self.fc = nn.Linear(math.prod(IMAGE_SHAPE), num_outputs)
-        default_init(self.fc, generator)
+        self.seeds = _check_generators(generators)
+        drawn = [default_init((num_outputs, math.prod(IMAGE_SHAPE)), g) for g in generators]
+        self.fc = SeedLinear([w for w, _ in drawn], [b for _, b in drawn])
 
     @property
-    def output(self) -> nn.Linear:
+    def output(self) -> SeedLinear:
         return self.fc
 
+    def weights(self) -> list[SeedView]:
+        return [self.fc.views()[0]]
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.fc(x.flatten(1)), []
+        return self.fc(x.reshape(*x.shape[:2], -1)), []
 
     def unit_groups(self) -> list[UnitGroup]:
         return []
+
+    def parameter_views(self) -> list[SeedView]:
+        return self.fc.views()
 
 
 NETWORKS: dict[str, type[UnitNetwork]] = {"conv_net": ConvNet, "linear": LinearNet}

@@ -1,5 +1,17 @@
-"""Fully connected networks: the regression learner (20 → 5 → 1), its linear baseline (20 → 1) and
-the deep MLP of permuted MNIST (784 → 2000 × 3 → 10) are all `MLP`s of different sizes."""
+"""Fully connected networks for S seeds at once: the regression learner (20 → 5 → 1), its linear
+baseline (20 → 1) and the deep MLP of permuted MNIST (784 → 2000 × 3 → 10) are all `MLP`s of
+different sizes; one seed is S = 1.
+
+Weights are (S, out, in) and every product is batched. At one example per step a learner's cost is
+the number of kernel launches, not arithmetic (docs/performance.md), so stepping S seeds through one
+batched network costs about what one seed costs. Nothing in a step mixes seeds, so each seed's
+trajectory does not depend on which other seeds share its batch.
+
+Inputs are (S, batch, features); a per-seed loss is the mean over that seed's batch and outputs
+(`lop_ray.nets.losses`). Without dropout or normalisation the backward pass is hand-written (and
+compiled for one-hidden-layer regression nets): at one example per step the autograd engine's fixed
+cost per node is most of a step; tests/test_mlp_gradients.py checks it against autograd.
+"""
 
 from __future__ import annotations
 
@@ -11,103 +23,410 @@ from torch import nn
 from torch.nn import functional as F
 
 from lop_ray.nets.activations import init_gain, make_activation
-from lop_ray.nets.mlp_gradients import mlp_loss_and_gradients
+from lop_ray.nets.losses import per_seed_cross_entropy, per_seed_mse
+from lop_ray.nets.mlp_gradients import DERIVATIVES
+from lop_ray.nets.one_example_kernel import ACTIVATION_CODES, one_hidden_layer_squared_error
 from lop_ray.nets.online_norm import OnlineNorm
-from lop_ray.nets.units import UnitGroup, UnitNetwork
+from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, norm_entries
+
+_MSE = (F.mse_loss, per_seed_mse)
+_CROSS_ENTROPY = (F.cross_entropy, per_seed_cross_entropy)
+_HAND_LOSSES = _MSE + _CROSS_ENTROPY  # the losses the hand-written backward pass knows
+
+
+def _initial_weight(
+    fan_in: int, fan_out: int, activation: str, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One seed's (out, in) weights: Kaiming-uniform with the activation's gain (selu: PyTorch's
+    default U(±1/√fan_in)), drawn from `generator`."""
+    if activation == "selu":
+        bound = 1.0 / math.sqrt(fan_in)
+    else:
+        bound = init_gain(activation) * math.sqrt(3.0 / fan_in)
+    return torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=generator)
+
+
+class SeedLinear(nn.Module):
+    """One linear layer per seed: weight (S, out, in), bias (S, out)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(bias.clone())
 
 
 class MLP(UnitNetwork):
-    """Linear layers with one activation between them; every hidden layer is a unit group.
+    """Linear layers with one activation between them, for S seeds; every hidden layer is a unit
+    group.
 
     Initialisation (spec/networks.md): hidden weights Kaiming-uniform with the activation's gain,
     output weights Kaiming-uniform with the linear gain, all biases 0 — except that selu nets' hidden
-    weights keep PyTorch's default U(±1/√fan_in) (their biases are 0 too). `generator` makes the draw
-    a function of the seed.
+    weights keep PyTorch's default U(±1/√fan_in) (their biases are 0 too). Seed s draws its layers in
+    order from `generators[s]`, so its slice is a function of its seed alone.
+
+    Extended Data Fig. 4's methods: `online_norm` normalises each hidden layer's pre-activation
+    (`OnlineNorm`), `dropout` drops each hidden layer's output in training mode, with masks that are
+    counter-based draws of each seed's `dropout_keys` and the step (`dropout_steps`, a buffer, so
+    in the checkpoint), the same for a seed in any batch.
     """
+
+    # one-hidden-layer regression nets step through `one_example_kernel`; False keeps PyTorch ops
+    # (bench/seed_batching.py measures both)
+    use_compiled_step: bool = True
+    dropout_stream = 3000  # counter streams 3000 + layer: apart from CBP's and S&P's
 
     def __init__(
         self,
         sizes: Sequence[int],
         activation: str = "relu",
-        generator: torch.Generator | None = None,
+        generators: Sequence[torch.Generator | None] = (None,),
         dropout: float = 0.0,
         online_norm: bool = False,
+        dropout_keys: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if len(sizes) < 2:
             raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if dropout and (dropout_keys is None or len(dropout_keys) != len(generators)):
+            raise ValueError("dropout needs one counter key per seed (dropout_keys)")
+        self.num_seeds = len(generators)
         self.activation_name = activation
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        # Extended Data Fig. 4's methods: online normalisation of each hidden layer's pre-activation,
-        # dropout of each hidden layer's output (training mode only; masks from `noise_generator`)
-        self.norms = nn.ModuleList(OnlineNorm(b) for b in sizes[1:-1]) if online_norm else None
-        self.dropout = dropout
-        self.noise_generator: torch.Generator | None = None
         self.activation = make_activation(activation)
         self._activation_fn = self.activation.forward
-        self._hidden = list(self.layers[:-1])
-        self._output = self.layers[-1]
-        for index, layer in enumerate(self.layers):
-            is_output = index == len(self.layers) - 1
-            _initialise(layer, "linear" if is_output else activation, generator)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        # functional calls: at one example per step, nn.Module call overhead is a visible share
-        activations = []
-        act = self._activation_fn
-        for index, layer in enumerate(self._hidden):
-            z = F.linear(x, layer.weight, layer.bias)
-            if self.norms is not None:
-                z = self.norms[index](z)
-            x = act(z)
-            activations.append(x)
-            if self.dropout and self.training:
-                keep = torch.rand(x.shape, generator=self.noise_generator, device=x.device) >= self.dropout
-                x = x * keep / (1.0 - self.dropout)
-        out = self._output
-        return F.linear(x, out.weight, out.bias), activations
-
-    def loss_and_gradients(
-        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
-        """Loss, output, hidden activations and gradients (in `parameters()` order) without autograd;
-        None where the loss has no hand-written backward (see `mlp_gradients`), and with dropout or
-        online normalisation (autograd then)."""
-        if self.norms is not None or self.dropout:
-            return None
-        with torch.no_grad():
-            return mlp_loss_and_gradients(
-                [layer.weight for layer in self.layers],
-                [layer.bias for layer in self.layers],
-                self.activation_name,
-                self._activation_fn,
-                x,
-                target,
-                loss_fn,
+        pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+        drawn = [
+            [
+                _initial_weight(a, b, activation if i < len(pairs) - 1 else "linear", g)
+                for i, (a, b) in enumerate(pairs)
+            ]
+            for g in generators
+        ]
+        self.layers = nn.ModuleList(
+            SeedLinear(
+                torch.stack([seed_layers[i] for seed_layers in drawn]),
+                torch.zeros(self.num_seeds, b),
             )
+            for i, (_, b) in enumerate(pairs)
+        )
+        self.norms = (
+            nn.ModuleList(OnlineNorm(b, self.num_seeds) for b in sizes[1:-1]) if online_norm else None
+        )
+        self.dropout = dropout
+        self.dropout_keys = dropout_keys
+        self.register_buffer("dropout_steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def plain(self) -> bool:
+        """No dropout and no normalisation: the hand-written and compiled steps apply."""
+        return self.norms is None and not self.dropout
 
     def unit_groups(self) -> list[UnitGroup]:
+        """Each hidden layer, its parameters already (S, …)."""
+        layers = self.layers
         return [
             UnitGroup(
                 f"hidden{i}",
-                self.layers[i],
-                self.layers[i + 1],
+                SeedView.whole(layers[i].weight),
+                SeedView.whole(layers[i + 1].weight),
                 self.activation_name,
-                norm=self.norms[i] if self.norms is not None else None,
+                incoming_bias=SeedView.whole(layers[i].bias),
+                outgoing_bias=SeedView.whole(layers[i + 1].bias),
+                norm=norm_entries(self.norms[i], self.num_seeds) if self.norms is not None else (),
             )
-            for i in range(len(self.layers) - 1)
+            for i in range(len(layers) - 1)
         ]
 
+    def parameter_views(self) -> list[SeedView]:
+        return [SeedView.whole(p) for p in self.parameters()]
 
-def _initialise(layer: nn.Linear, activation: str, generator: torch.Generator | None) -> None:
-    with torch.no_grad():
-        if activation == "selu":  # PyTorch's default weight init, drawn from our generator
-            bound = 1.0 / math.sqrt(layer.in_features)
-            layer.weight.uniform_(-bound, bound, generator=generator)
-            layer.bias.zero_()  # all biases start at 0 (spec/networks.md; the original zeroes it too)
-            return
-        bound = init_gain(activation) * math.sqrt(3.0 / layer.in_features)
-        layer.weight.uniform_(-bound, bound, generator=generator)
-        layer.bias.zero_()
+    @property
+    def weights(self) -> list[nn.Parameter]:
+        return [layer.weight for layer in self.layers]
+
+    @property
+    def biases(self) -> list[nn.Parameter]:
+        return [layer.bias for layer in self.layers]
+
+    def weight_abs_sums(self) -> list[list[float]]:
+        """Σ|W| of each layer, per seed (the weight-magnitude metric). Each seed's sums run over its
+        own slice alone, so they are what that seed gives alone, whatever the batch."""
+        weights = [w.detach() for w in self.weights]
+        return [[w[s].abs().sum().item() for w in weights] for s in range(self.num_seeds)]
+
+    @property
+    def weights_per_seed(self) -> int:
+        return sum(w[0].numel() for w in self.weights)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x (S, batch, inputs) → (outputs (S, batch, outputs), each hidden layer's (S, batch, units))."""
+        activations = []
+        dropping = self.dropout and self.training
+        for index, (weight, bias) in enumerate(zip(self.weights[:-1], self.biases[:-1], strict=True)):
+            z = _linear(x, weight, bias)
+            if self.norms is not None:
+                z = self.norms[index](z)
+            x = self._activation_fn(z)
+            activations.append(x)  # CBP and the probes see the units' own activations
+            if dropping:
+                x = x * self._kept(index, x) / (1.0 - self.dropout)
+        if dropping:
+            self.dropout_steps += 1
+        return _linear(x, self.weights[-1], self.biases[-1]), activations
+
+    def _kept(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """This step's dropout mask of hidden layer `layer`, (S, batch, units)."""
+        from lop_ray.algos.counter_rng import CounterNoise  # (algos imports nets)
+
+        noises = self.__dict__.setdefault("_dropout_noise", {})
+        count = h[0].numel()
+        noise = noises.get((layer, count))
+        if noise is None or noise.keys.device != h.device:
+            keys = self.dropout_keys.to(h.device)
+            noise = noises[(layer, count)] = CounterNoise(keys, self.dropout_stream + layer, count, "uniform")
+        return (noise.at(int(self.dropout_steps)) >= self.dropout).view(h.shape)
+
+    def _gradient_buffer(self, layer: int) -> torch.Tensor | None:
+        """A reused output tensor for a large layer's weight gradient. At S × 2000 × 2000 a fresh
+        tensor per step is a fresh mapping of fresh pages (beyond the allocator's cache on the CPU),
+        which costs more than the product; the optimizer consumes gradients within the step."""
+        weight = self.weights[layer]
+        if weight[0].numel() <= _SMALL:
+            return None
+        buffers = self.__dict__.setdefault("_gradient_buffers", {})
+        buffer = buffers.get(layer)
+        if buffer is None or buffer.shape != weight.shape or buffer.device != weight.device:
+            buffer = buffers[layer] = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        return buffer
+
+    def loss_and_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Per-seed losses (S,), outputs, hidden activations and gradients in `parameters()` order;
+        None with dropout or normalisation, or another loss (autograd then)."""
+        if not self.plain or loss_fn not in _HAND_LOSSES:
+            return None
+        arrays = self._compiled_step(x, loss_fn) if x.shape[1] == 1 else None
+        if arrays is not None:  # no autograd involved: no no_grad context to enter (~µs per step)
+            return self._compiled_one_example_gradients(x, target, arrays)
+        return self._torch_loss_and_gradients(x, target, loss_fn)
+
+    @torch.no_grad()
+    def _torch_loss_and_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        if x.shape[1] == 1 and all(w.shape[1] * w.shape[2] <= _SMALL for w in self.weights):
+            return self._one_example_gradients(x, target, loss_fn)
+        derivative = DERIVATIVES[self.activation_name]
+        inputs, pre_activations, output = self._forward_for_backward(x)
+        loss, delta = _per_seed_loss_gradient(output, target, loss_fn)
+        grads: list[torch.Tensor] = []
+        one_example = x.shape[1] == 1  # a sum over one example is that example: a view, not a kernel
+        for layer in range(len(self.weights) - 1, -1, -1):
+            grads.append(delta.squeeze(1) if one_example else delta.sum(dim=1))
+            grads.append(_outer(delta, inputs[layer], self._gradient_buffer(layer)))
+            if layer:
+                back = _backward(delta, self.weights[layer])
+                delta = back * derivative(pre_activations[layer - 1], inputs[layer])
+        grads.reverse()
+        return loss, output, inputs[1:], grads
+
+    def _forward_for_backward(
+        self, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """(each layer's input, each hidden pre-activation, output): what the backward pass reads."""
+        inputs, pre_activations = [x], []
+        h = x
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+            z = _linear(h, weight, bias)
+            h = self._activation_fn(z)
+            pre_activations.append(z)
+            inputs.append(h)
+        return inputs, pre_activations, _linear(h, self.weights[-1], self.biases[-1])
+
+    @torch.no_grad()
+    def fused_sgd_step(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable, lr: float, weight_decay: float
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
+        """Forward, backward and a stateless SGD update in one pass over the layers, each weight
+        gradient added straight into its weights; (per-seed losses, outputs, hidden activations), or
+        None for small layers (the one-example paths are cheaper there).
+
+        For permuted MNIST's 2000 × 2000 layers a step's cost is moving weights: handing a gradient
+        to the optimizer writes an S × out × in tensor and reads it back, two of the six passes over
+        the weights; W ← (1 − lr·wd)·W − lr·δxᵀ in place leaves the four a step needs (forward,
+        backward, read and write). Each layer's δ for the layer below is taken before the update."""
+        if not self.plain or loss_fn not in _HAND_LOSSES or all(_small(x, w) for w in self.weights):
+            return None
+        derivative = DERIVATIVES[self.activation_name]
+        inputs, pre_activations, output = self._forward_for_backward(x)
+        loss, delta = _per_seed_loss_gradient(output, target, loss_fn)
+        one_example = x.shape[1] == 1
+        for layer in range(len(self.weights) - 1, -1, -1):
+            weight, bias = self.weights[layer], self.biases[layer]
+            back = _backward(delta, weight) if layer else None
+            if weight_decay:
+                weight.mul_(1.0 - lr * weight_decay)
+                bias.mul_(1.0 - lr * weight_decay)
+            if one_example:
+                weight.addcmul_(delta.transpose(1, 2), inputs[layer], value=-lr)
+                bias.sub_(delta.squeeze(1), alpha=lr)
+            else:
+                weight.baddbmm_(delta.transpose(1, 2), inputs[layer], alpha=-lr)
+                bias.sub_(delta.sum(dim=1), alpha=lr)
+            if layer:
+                delta = back * derivative(pre_activations[layer - 1], inputs[layer])
+        return loss, output, inputs[1:]
+
+    def _one_example_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """`loss_and_gradients` for one example per seed through small layers (regression).
+
+        The same products and sums as the general path, in the same order, so the same values; what
+        differs is the bookkeeping around them. At this size every PyTorch call costs its dispatch
+        (~3–10 µs here) and almost no arithmetic, so the step's cost is its number of calls: per-seed
+        vectors stay (S, width), each (S, 1, width) form is made once as a view, the ReLU gate is
+        PyTorch's own one-kernel ReLU backward, and a gradient summed over one example is not summed.
+        """
+        derivative = DERIVATIVES[self.activation_name]
+        relu = self.activation_name == "relu"
+        inputs = [x]  # (S, 1, features): what each layer's weights multiply, broadcast over outputs
+        pre_activations = []
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+            z = (weight * inputs[-1]).sum(dim=2) + bias
+            pre_activations.append(z)
+            inputs.append(self._activation_fn(z).unsqueeze(1))
+        output = (self.weights[-1] * inputs[-1]).sum(dim=2) + self.biases[-1]  # (S, outputs)
+        if loss_fn in _MSE and output.shape[1] == 1:
+            diff = output - target.view(output.shape)
+            loss = (diff * diff).view(-1)
+            delta = diff + diff  # 2·diff, exactly, without a scalar operand's conversion
+        else:
+            loss, delta = _per_seed_loss_gradient(output.unsqueeze(1), target, loss_fn)
+            delta = delta.squeeze(1)
+        grads: list[torch.Tensor] = []
+        for layer in range(len(self.weights) - 1, -1, -1):
+            column = delta.unsqueeze(2)  # (S, out, 1)
+            grads.append(delta)
+            grads.append(column * inputs[layer])
+            if layer:
+                back = (column * self.weights[layer]).sum(dim=1)
+                h = inputs[layer].squeeze(1)
+                if relu:
+                    delta = torch.ops.aten.threshold_backward(back, h, 0.0)
+                else:
+                    delta = back * derivative(pre_activations[layer - 1], h)
+        grads.reverse()
+        return loss, output.unsqueeze(1), inputs[1:], grads
+
+    def _compiled_step(self, x: torch.Tensor, loss_fn: Callable) -> list | None:
+        """The compiled step's arrays (numpy views of the parameters and of reused buffers), or
+        None where it does not apply. Views are made once per parameter storage: a step is a few
+        tens of microseconds, and converting 14 tensors costs ~10 of them."""
+        if (
+            not self.use_compiled_step
+            or loss_fn not in _MSE
+            or x.dtype != torch.float32
+            or x.device.type != "cpu"
+        ):
+            return None
+        parameters = self.__dict__.get("_parameter_tuple")
+        if parameters is None:  # the Parameter objects stay; `.to()` and friends swap their storage
+            parameters = self.__dict__["_parameter_tuple"] = tuple(self.parameters())
+        key = tuple(p.data_ptr() for p in parameters)
+        cached = self.__dict__.get("_compiled_step_arrays")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        applies = (
+            len(self.weights) == 2
+            and self.weights[1].shape[1] == 1
+            and self.activation_name in ACTIVATION_CODES
+            and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parameters)
+        )
+        arrays = None
+        if applies:
+            w1, w2 = self.weights
+            buffers = [
+                torch.empty_like(w1),
+                torch.empty(w1.shape[:2]),
+                torch.empty_like(w2),
+                torch.empty(w2.shape[:2]),
+                torch.empty(w1.shape[:2]),  # hidden activations
+            ]
+            arrays = [[p.detach().numpy() for p in parameters], buffers, [b.numpy() for b in buffers]]
+        self.__dict__["_compiled_step_arrays"] = (key, arrays)
+        return arrays
+
+    def _compiled_one_example_gradients(
+        self, x: torch.Tensor, target: torch.Tensor, arrays: list
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The one-example step of a one-hidden-layer net as one compiled call (`one_example_kernel`).
+        Loss and output are fresh each step (callers keep them); the hidden activations and the
+        gradients live in buffers reused every step, which the optimizer and the interventions
+        consume within the step."""
+        parameters, buffers, buffer_arrays = arrays
+        seeds = x.shape[0]
+        loss, output = torch.empty(seeds), torch.empty(seeds, 1)
+        one_hidden_layer_squared_error(
+            x.view(seeds, -1).numpy(),
+            target.view(seeds).numpy(),
+            *parameters,
+            ACTIVATION_CODES[self.activation_name],
+            loss.numpy(),
+            output.numpy(),
+            *buffer_arrays,
+        )
+        return loss, output.unsqueeze(1), [buffers[4].unsqueeze(1)], buffers[:4]
+
+
+# Small layers at one example per seed (regression: 20 → 5 → 1) are cheaper as broadcast products
+# and sums, which vectorise across seeds, than as batched matmuls, which loop over tiny matrices.
+_SMALL = 4096
+
+
+def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.shape[1] == 1 and weight.shape[1] * weight.shape[2] <= _SMALL
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x (S, B, in) → (S, B, out) through each seed's own layer."""
+    if _small(x, weight):
+        return ((weight * x).sum(dim=2) + bias).unsqueeze(1)
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _outer(delta: torch.Tensor, inputs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight gradient Σ_b δ_b x_bᵀ per seed: (S, out, in), written into `out` when given."""
+    if out is None and _small(inputs, delta.transpose(1, 2)):
+        return delta.transpose(1, 2) * inputs
+    if inputs.shape[1] == 1:  # one example: an outer product, which bmm would also compute this way
+        return torch.mul(delta.transpose(1, 2), inputs, out=out)
+    return torch.bmm(delta.transpose(1, 2), inputs, out=out)
+
+
+def _backward(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """δ W per seed: (S, B, in)."""
+    if _small(delta, weight):
+        return (delta.transpose(1, 2) * weight).sum(dim=1, keepdim=True)
+    return torch.bmm(delta, weight)
+
+
+def _per_seed_loss_gradient(
+    output: torch.Tensor, target: torch.Tensor, loss_fn: Callable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss per seed, d Σ_s loss_s / d output) for mean-reduced MSE or cross-entropy."""
+    if loss_fn in _MSE:
+        diff = output - target
+        per_seed = diff[0].numel()
+        squared = diff * diff
+        loss = squared.view(-1) if per_seed == 1 else squared.flatten(1).mean(dim=1)
+        return loss, diff * (2.0 / per_seed)
+    if loss_fn in _CROSS_ENTROPY:
+        log_probs = torch.log_softmax(output, dim=2)
+        picked = log_probs.gather(2, target.unsqueeze(2))
+        grad = log_probs.exp()
+        grad.scatter_add_(2, target.unsqueeze(2), torch.full_like(picked, -1.0))
+        return -picked.flatten(1).mean(dim=1), grad / target.shape[1]
+    raise ValueError(f"no per-seed gradient for {loss_fn}; use per_seed_mse or per_seed_cross_entropy")

@@ -26,13 +26,16 @@ from torch import nn
 
 
 class _OnlineNormalize(torch.autograd.Function):
+    """x (S, 1, width): one example per seed; statistics and errors (S, width), updated in place."""
+
     @staticmethod
     def forward(ctx, x, mean, var, error_y, error_1, forward_decay, backward_decay, eps):
         std = (var + eps).sqrt()
-        y = (x - mean) / std
-        deviation = x[0] - mean
+        y = (x - mean.unsqueeze(1)) / std.unsqueeze(1)
+        example = x[:, 0]
+        deviation = example - mean
         var.mul_(forward_decay).add_(forward_decay * (1 - forward_decay) * deviation * deviation)
-        mean.mul_(forward_decay).add_((1 - forward_decay) * x[0])
+        mean.mul_(forward_decay).add_((1 - forward_decay) * example)
         ctx.save_for_backward(y, std)
         ctx.errors = (error_y, error_1)
         ctx.backward_decay = backward_decay
@@ -43,19 +46,21 @@ class _OnlineNormalize(torch.autograd.Function):
         y, std = ctx.saved_tensors
         error_y, error_1 = ctx.errors
         feedback = 1 - ctx.backward_decay
-        corrected = grad_y - feedback * error_y * y
-        grad_x = corrected / std - feedback * error_1
-        error_y.add_(corrected[0] * y[0])
-        error_1.add_(grad_x[0])
+        corrected = grad_y - feedback * error_y.unsqueeze(1) * y
+        grad_x = corrected / std.unsqueeze(1) - feedback * error_1.unsqueeze(1)
+        error_y.add_(corrected[:, 0] * y[:, 0])
+        error_1.add_(grad_x[:, 0])
         return grad_x, None, None, None, None, None, None, None
 
 
 class OnlineNorm(nn.Module):
-    """Online normalisation of `width` units, for streams of one example per training step."""
+    """Online normalisation of `width` units of each of `seeds` seeds, for streams of one example
+    per training step; inputs (S, 1, width), every tensor (S, width)."""
 
     def __init__(
         self,
         width: int,
+        seeds: int = 1,
         forward_decay: float = 0.999,
         backward_decay: float = 0.99,
         eps: float = 1e-5,
@@ -65,18 +70,19 @@ class OnlineNorm(nn.Module):
         self.backward_decay = backward_decay
         self.eps = eps
         self.affine = True
-        self.weight = nn.Parameter(torch.ones(width))
-        self.bias = nn.Parameter(torch.zeros(width))
-        self.register_buffer("running_mean", torch.zeros(width))
-        self.register_buffer("running_var", torch.ones(width))
-        self.register_buffer("error_y", torch.zeros(width))
-        self.register_buffer("error_1", torch.zeros(width))
+        shape = (seeds, width)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
+        self.register_buffer("running_mean", torch.zeros(shape))
+        self.register_buffer("running_var", torch.ones(shape))
+        self.register_buffer("error_y", torch.zeros(shape))
+        self.register_buffer("error_1", torch.zeros(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            if x.shape[0] != 1:
+            if x.shape[1] != 1:
                 raise ValueError(
-                    f"online normalisation trains on one example per step, got a batch of {len(x)}"
+                    f"online normalisation trains on one example per step, got a batch of {x.shape[1]}"
                 )
             y = _OnlineNormalize.apply(
                 x,
@@ -89,15 +95,17 @@ class OnlineNorm(nn.Module):
                 self.eps,
             )
         else:
-            y = (x - self.running_mean) / (self.running_var + self.eps).sqrt()
-        return y * self.weight + self.bias
+            y = (x - self.running_mean.unsqueeze(1)) / (self.running_var + self.eps).sqrt().unsqueeze(1)
+        return y * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
 
-    @torch.no_grad()
-    def reset_units(self, units: torch.Tensor) -> None:
-        """Fresh statistics, errors and affine entries for replaced units (continual backprop)."""
-        self.weight[units] = 1.0
-        self.bias[units] = 0.0
-        self.running_mean[units] = 0.0
-        self.running_var[units] = 1.0
-        self.error_y[units] = 0.0
-        self.error_1[units] = 0.0
+    def unit_entries(self) -> dict[str, float]:
+        """The per-unit tensors a fresh unit restarts, and their values (continual backprop): its
+        statistics, error accumulators and affine entries (`lop_ray.nets.units.norm_entries`)."""
+        return {
+            "weight": 1.0,
+            "bias": 0.0,
+            "running_mean": 0.0,
+            "running_var": 1.0,
+            "error_y": 0.0,
+            "error_1": 0.0,
+        }

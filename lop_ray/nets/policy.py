@@ -47,7 +47,7 @@ class LecunMLP(UnitNetwork):
 
     def unit_groups(self) -> list[UnitGroup]:
         return [
-            UnitGroup(f"hidden{i}", self.layers[i], self.layers[i + 1], self.activation_name)
+            UnitGroup.of_modules(f"hidden{i}", self.layers[i], self.layers[i + 1], self.activation_name)
             for i in range(len(self.layers) - 1)
         ]
 

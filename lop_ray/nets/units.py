@@ -7,77 +7,182 @@ an optional norm layer, and the unit's outgoing weights in the next weight layer
 forward pass that computes its output, one activation tensor per group. Nothing else about the
 network's structure is visible to the algorithms, so one CBP serves MLPs, conv nets and ResNets.
 
-All indexing of a unit's weights lives here: incoming weights are rows (dim 0) of `incoming`, and
-outgoing weights are columns (dim 1) of `outgoing`, `fan_out_per_unit` consecutive columns per unit
-when a conv layer is flattened into a linear one.
+Every tensor of a group is seen with a leading *seed* axis: a network that trains S seeds at once
+(weights (S, out, in), or a grouped convolution's (S·out, in, k, k)) and a network of one seed
+(PyTorch's own modules, S = 1) present the same shapes, so the interventions have one
+implementation. The views share storage with the parameters, so writing through them writes the
+network; `SeedView` keeps the parameter itself too, because an optimizer's state is keyed by it.
+
+Shapes, for S seeds and a group of `width` units:
+- incoming weight (S, width, *fan-in), incoming bias (S, width);
+- outgoing weight (S, next, width · fan_out_per_unit, *kernel): a unit owns `fan_out_per_unit`
+  consecutive columns (H·W when a conv layer is flattened into a linear one; 1 otherwise);
+- per-unit norm entries (S, width), each with the value a fresh unit gets;
+- activations (S, batch, width, *positions) once passed through `seed_activations`.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 
 @dataclass(frozen=True)
+class SeedView:
+    """A parameter or buffer seen as `shape`, whose first axis is the seed axis."""
+
+    tensor: torch.Tensor
+    shape: tuple[int, ...]
+
+    @classmethod
+    def split(cls, tensor: torch.Tensor, seeds: int = 1) -> SeedView:
+        """The leading axis holds S consecutive blocks, one per seed (a module of one seed: S = 1;
+        a grouped convolution's weight (S·out, in, k, k); a batch norm over S·C channels)."""
+        if tensor.shape[0] % seeds:
+            raise ValueError(f"leading axis of {tuple(tensor.shape)} does not split into {seeds} seeds")
+        return cls(tensor, (seeds, tensor.shape[0] // seeds, *tensor.shape[1:]))
+
+    @classmethod
+    def whole(cls, tensor: torch.Tensor) -> SeedView:
+        """The tensor already has the seed axis first ((S, out, in) weights)."""
+        return cls(tensor, tuple(tensor.shape))
+
+    def of(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor (or `like`, a tensor of its shape such as an optimizer moment) as `shape`,
+        sharing storage, outside autograd."""
+        return (self.tensor if like is None else like).detach().view(self.shape)
+
+    @property
+    def seeds(self) -> int:
+        return self.shape[0]
+
+
+@dataclass(frozen=True)
+class NormEntry:
+    """A per-unit entry of a norm layer and the value a fresh unit gets (BN's γ = 1, β = 0,
+    running mean 0, running variance 1)."""
+
+    view: SeedView
+    fresh: float
+
+
+def _add_seed_axis(h: torch.Tensor) -> torch.Tensor:
+    return h.unsqueeze(0)
+
+
+def _already_seed_first(h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+@dataclass(frozen=True)
 class UnitGroup:
-    """One replaceable hidden layer.
+    """One replaceable hidden layer, for S seeds (see the module docstring for the shapes).
 
     `activation` names the nonlinearity whose gain sets the initialisation bound of new units.
-    `fan_out_per_unit` is the number of consecutive input columns of `outgoing` that one unit feeds
-    (H·W when a conv layer is flattened into a linear layer; 1 otherwise).
+    `seed_activations` turns the network's activation of this group into (S, batch, width, …).
     """
 
     name: str
-    incoming: nn.Linear | nn.Conv2d
-    outgoing: nn.Linear | nn.Conv2d
+    incoming: SeedView
+    outgoing: SeedView
     activation: str
-    norm: nn.Module | None = None  # BatchNorm1d/2d, or any norm with `reset_units(units)`
+    incoming_bias: SeedView | None = None
+    outgoing_bias: SeedView | None = None
+    norm: tuple[NormEntry, ...] = ()
     fan_out_per_unit: int = 1
+    seed_activations: Callable[[torch.Tensor], torch.Tensor] = field(default=_already_seed_first)
+
+    @classmethod
+    def of_modules(
+        cls,
+        name: str,
+        incoming: nn.Linear | nn.Conv2d,
+        outgoing: nn.Linear | nn.Conv2d,
+        activation: str,
+        norm: nn.Module | None = None,
+        fan_out_per_unit: int = 1,
+    ) -> UnitGroup:
+        """The group of one seed's PyTorch modules (S = 1); activations (batch, width, …)."""
+        return cls(
+            name,
+            SeedView.split(incoming.weight),
+            SeedView.split(outgoing.weight),
+            activation,
+            incoming_bias=None if incoming.bias is None else SeedView.split(incoming.bias),
+            outgoing_bias=None if outgoing.bias is None else SeedView.split(outgoing.bias),
+            norm=norm_entries(norm) if norm is not None else (),
+            fan_out_per_unit=fan_out_per_unit,
+            seed_activations=_add_seed_axis,
+        )
+
+    @property
+    def seeds(self) -> int:
+        return self.incoming.shape[0]
 
     @property
     def width(self) -> int:
-        return self.incoming.weight.shape[0]
+        return self.incoming.shape[1]
 
     @property
     def fan_in(self) -> int:
-        return self.incoming.weight[0].numel()
+        """Incoming weights of one unit (in·k·k for a conv unit)."""
+        size = 1
+        for n in self.incoming.shape[2:]:
+            size *= n
+        return size
 
     @property
     def fan_out(self) -> int:
         """Fan-out of one unit as `xavier` initialisation counts it (that of the incoming layer)."""
-        weight = self.incoming.weight
-        return weight.shape[0] * weight[0, 0].numel()
+        kernel = 1
+        for n in self.incoming.shape[3:]:
+            kernel *= n
+        return self.width * kernel
 
-    def outgoing_columns(self, units: torch.Tensor) -> torch.Tensor:
-        """Indices along dim 1 of `outgoing.weight` that belong to `units`, unit-major."""
-        span = torch.arange(self.fan_out_per_unit, device=units.device)
-        return (units[:, None] * self.fan_out_per_unit + span).reshape(-1)
-
-    def outgoing_magnitude(self) -> torch.Tensor:
-        """Mean |outgoing weight| of each unit, over every output and column it feeds."""
-        weight = self.outgoing.weight.detach().abs()
-        if weight.dim() == 2 and self.fan_out_per_unit == 1:  # linear → linear, the hot path
-            return weight.mean(dim=0)
-        per_column = weight.transpose(0, 1).reshape(weight.shape[1], -1).mean(dim=1)
-        return per_column.reshape(self.width, self.fan_out_per_unit).mean(dim=1)
+    def outgoing_by_unit(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The outgoing weight (or `like`, its optimizer state) as (S, next, width, columns·kernel):
+        axis 2 is the unit, the last axis everything one unit feeds in one output."""
+        weight = self.outgoing.of(like)
+        return weight.reshape(weight.shape[0], weight.shape[1], self.width, -1)
 
     def incoming_magnitude(self) -> torch.Tensor:
-        """Mean |incoming weight| of each unit."""
-        weight = self.incoming.weight.detach().abs()
-        return weight.mean(dim=1) if weight.dim() == 2 else weight.reshape(self.width, -1).mean(dim=1)
+        """(S, width): mean |incoming weight| of each unit."""
+        weight = self.incoming.of()
+        return weight.abs().reshape(weight.shape[0], self.width, -1).mean(dim=2)
 
-    def outgoing_sum(self, units: torch.Tensor) -> torch.Tensor:
-        """(units, out_features): each unit's outgoing weights summed over its columns and kernel.
+    def outgoing_magnitude(self) -> torch.Tensor:
+        """(S, width): mean |outgoing weight| of each unit, over every output and column it feeds."""
+        weight = self.outgoing.of().abs()
+        if weight.dim() == 3 and self.fan_out_per_unit == 1:  # linear → linear, the hot path
+            return weight.mean(dim=1)
+        seeds, columns = weight.shape[0], weight.shape[2]
+        per_column = weight.transpose(1, 2).reshape(seeds, columns, -1).mean(dim=2)
+        return per_column.reshape(seeds, self.width, self.fan_out_per_unit).mean(dim=2)
 
-        This is what multiplies a unit's mean activation when its contribution is moved into the next
-        layer's bias.
-        """
-        weight = self.outgoing.weight.detach()[:, self.outgoing_columns(units)]
-        weight = weight.reshape(weight.shape[0], len(units), self.fan_out_per_unit, -1)
-        return weight.sum(dim=(2, 3)).transpose(0, 1)
+
+def norm_entries(norm: nn.Module, seeds: int = 1) -> tuple[NormEntry, ...]:
+    """The per-unit entries of a batch norm over S·width channels (or of any norm that lists its
+    own: `unit_entries()` → {tensor name: fresh value}). An entry is (S·width,), S blocks of
+    consecutive channels, or already (S, width)."""
+    listed = getattr(norm, "unit_entries", None)
+    if listed is not None:
+        fresh = listed()
+    else:
+        fresh = {}
+        if getattr(norm, "affine", False):
+            fresh.update(weight=1.0, bias=0.0)
+        if getattr(norm, "track_running_stats", False):
+            fresh.update(running_mean=0.0, running_var=1.0)
+    entries = []
+    for name, value in fresh.items():
+        tensor = getattr(norm, name)
+        view = SeedView.whole(tensor) if tensor.dim() == 2 else SeedView.split(tensor, seeds)
+        entries.append(NormEntry(view, value))
+    return tuple(entries)
 
 
 class UnitNetwork(nn.Module, abc.ABC):
@@ -86,3 +191,8 @@ class UnitNetwork(nn.Module, abc.ABC):
     @abc.abstractmethod
     def unit_groups(self) -> list[UnitGroup]:
         """The hidden layers that CBP and ReDo may replace units of, in forward order."""
+
+    def parameter_views(self) -> list[SeedView]:
+        """Every parameter with its seed axis, in `parameters()` order (what shrink-and-perturb
+        perturbs per seed). A network of one seed's modules: each parameter as S = 1."""
+        return [SeedView.split(p) for p in self.parameters()]

@@ -7,9 +7,11 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 
 from lop_ray.algos.cbp import CBPConfig, InitScheme, ReplacementBase, UtilType
-from lop_ray.problems.base import Count, OptimizerHyperparameters, Rate, Real
+from lop_ray.algos.redo import ReDoConfig
+from lop_ray.problems.base import Count, OptimizerHyperparameters, Rate, Real, Strict
 
 _CBP = CBPConfig()
+_REDO = ReDoConfig()
 
 
 class BP(OptimizerHyperparameters):
@@ -43,9 +45,30 @@ class ContinualBackprop(OptimizerHyperparameters):
     }
 
 
+class ReDoHyperparameters(Strict):
+    """ReDo's options (Sokar et al. 2023, spec/algorithms.md), for every problem that offers it:
+    every `reset_period` optimizer steps the units whose normalised mean |activation| on the step's
+    batch is at most `threshold` are re-initialised."""
+
+    weight_decay: Real = Field(0.0, ge=0)
+    threshold: Real = Field(_REDO.threshold, ge=0)
+    reset_period: Count = Field(_REDO.reset_period, ge=1)  # optimizer (minibatch) steps
+    init: InitScheme = _REDO.init
+    reset_optimizer_state: bool
+
+    fidelity_options: ClassVar[dict[str, dict[str, Any]]] = {
+        "reset_optimizer_state": {"original": False, "corrected": True},
+    }
+
+
+class ReDo(ReDoHyperparameters, OptimizerHyperparameters):
+    pass
+
+
 SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "bp": BP,
     "l2": L2,
     "snp": ShrinkAndPerturb,
     "cbp": ContinualBackprop,
+    "redo": ReDo,
 }

@@ -48,5 +48,4 @@ PERMUTED_MNIST = ProblemSpec(
     algorithms=SUPERVISED_ALGORITHMS,
     steps_for=lambda settings, num_tasks: num_tasks,  # one step = one task
     trainable="lop_ray.trainables.permuted_mnist:PermutedMNISTTrainable",
-    seed_batched_algorithms=frozenset({"bp", "l2", "snp", "cbp"}),
 )

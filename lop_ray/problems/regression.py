@@ -56,5 +56,4 @@ REGRESSION = ProblemSpec(
     algorithms=SUPERVISED_ALGORITHMS,
     steps_for=regression_steps,
     trainable="lop_ray.trainables.regression:RegressionTrainable",
-    seed_batched_algorithms=frozenset({"bp", "l2", "snp", "cbp"}),
 )

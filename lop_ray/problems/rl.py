@@ -13,13 +13,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from lop_ray.algos.cbp import CBPConfig, InitScheme, UtilType
-from lop_ray.algos.redo import ReDoConfig
 from lop_ray.problems.base import Count, ProblemSpec, Rate, Real, Strict
+from lop_ray.problems.learners import ReDoHyperparameters
 from lop_ray.rl.acting import ACTING_ACTIVATIONS
 from lop_ray.rl.envs import ENVS, MAX_EPISODE_STEPS, is_ant
 from lop_ray.rl.friction import CHANGE_EVERY
-
-_REDO = ReDoConfig()
 
 
 class RLProblem(Strict):
@@ -123,16 +121,8 @@ class ContinualBackprop(PPO):
     }
 
 
-class ReDo(PPO):
-    weight_decay: Real = Field(0.0, ge=0)
-    threshold: Real = Field(_REDO.threshold, ge=0)
-    reset_period: Count = Field(_REDO.reset_period, ge=1)  # minibatch steps
-    init: InitScheme = _REDO.init
-    reset_optimizer_state: bool
-
-    fidelity_options: ClassVar[dict[str, dict[str, Any]]] = {
-        "reset_optimizer_state": {"original": False, "corrected": True},
-    }
+class ReDo(ReDoHyperparameters, PPO):
+    pass
 
 
 RL_ALGORITHMS = {"ppo": PPO, "l2": L2, "cbp": ContinualBackprop, "redo": ReDo}
@@ -144,4 +134,5 @@ RL = ProblemSpec(
     algorithms=RL_ALGORITHMS,
     steps_for=lambda settings, num_tasks: num_tasks,  # one step = iterations_per_step PPO iterations
     trainable="lop_ray.trainables.ppo:PPOTrainable",
+    seed_batched_algorithms=frozenset(),  # PPO runs one seed per Tune trial
 )

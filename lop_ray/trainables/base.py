@@ -30,7 +30,7 @@ from ray import tune
 from lop_ray.tracking import TrialTracker, quiet_mlflow_environment
 from lop_ray.trial_checkpoints import CHECKPOINT_FILE, write_manifest
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: every learner with a seed axis (issue 14)
 
 
 class LopTrainable(tune.Trainable):

@@ -1,4 +1,4 @@
-"""Incremental CIFAR-100 on Ray Tune: one step = one epoch."""
+"""Incremental CIFAR-100 on Ray Tune: one step = one epoch of each of the trial's seeds."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ class IncrementalCifarTrainable(LopTrainable):
     def build_experiment(
         self, trials: list[dict[str, Any]], device: torch.device
     ) -> IncrementalCifarExperiment:
-        [trial] = trials  # one seed per Tune trial
-        settings = trial["problem_settings"]
+        """One experiment for the trial's seeds (one configuration, `seeds_per_trial` of them):
+        every seed in one seed-axis ResNet-18, one metric dict per seed."""
+        settings = trials[0]["problem_settings"]
         train = shared_dataset(settings["dataset"], settings["data"], "train")
         test = shared_dataset(settings["dataset"], settings["data"], "test")
-        return IncrementalCifarExperiment(config_from_trial(trial), train, test, device)
+        seeds = [trial["seed"] for trial in trials]
+        return IncrementalCifarExperiment(config_from_trial(trials[0]), seeds, train, test, device)
