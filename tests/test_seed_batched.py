@@ -156,12 +156,12 @@ def test_batched_network_starts_as_each_seeds_own_network_and_matches_autograd()
 
 def _one_seed(net: MLP, s: int) -> MLP:
     """Seed s's slice of `net` as a network of its own (S = 1), for autograd to differentiate."""
-    single = copy.deepcopy(net)
+    sizes = [net.layers[0].weight.shape[2]] + [layer.weight.shape[1] for layer in net.layers]
+    single = MLP(sizes, net.activation_name)
     with torch.no_grad():
         for layer, source in zip(single.layers, net.layers, strict=True):
-            layer.weight = torch.nn.Parameter(source.weight[s : s + 1].clone())
-            layer.bias = torch.nn.Parameter(source.bias[s : s + 1].clone())
-    single.num_seeds = 1
+            layer.weight.copy_(source.weight[s : s + 1])
+            layer.bias.copy_(source.bias[s : s + 1])
     return single
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lop_ray.nets.seed_linear import SeedLinear
 from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork
 
 IMAGE_SHAPE = (3, 32, 32)
@@ -62,22 +63,6 @@ class SeedConv2d(nn.Module):
         return [SeedView.split(self.weight, self.seeds), SeedView.split(self.bias, self.seeds)]
 
 
-class SeedLinear(nn.Module):
-    """S linear layers: weight (S, out, in), bias (S, out)."""
-
-    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.stack(list(weights)))
-        self.bias = nn.Parameter(torch.stack(list(biases)))
-
-    def views(self) -> list[SeedView]:
-        return [SeedView.whole(self.weight), SeedView.whole(self.bias)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(S, batch, in) → (S, batch, out); x may be a strided view."""
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
-
-
 def _check_generators(generators: Sequence[torch.Generator]) -> int:
     if len(generators) == 0:
         raise ValueError("a network needs one generator per seed, got none")
@@ -101,11 +86,11 @@ class ConvNet(UnitNetwork):
         # one seed's draws: conv1, conv2, conv3, fc1, fc2, fc3 — so draw all six per generator first
         drawn = [[default_init(shape, g) for shape in (*CONV_SHAPES, *fc_shapes)] for g in generators]
 
-        def layer(cls, i):
-            return cls([seed[i][0] for seed in drawn], [seed[i][1] for seed in drawn])
+        def layer(i):
+            return [seed[i][0] for seed in drawn], [seed[i][1] for seed in drawn]
 
-        self.conv1, self.conv2, self.conv3 = (layer(SeedConv2d, i) for i in range(3))
-        self.fc1, self.fc2, self.fc3 = (layer(SeedLinear, i) for i in range(3, 6))
+        self.conv1, self.conv2, self.conv3 = (SeedConv2d(*layer(i)) for i in range(3))
+        self.fc1, self.fc2, self.fc3 = (SeedLinear(*map(torch.stack, layer(i))) for i in range(3, 6))
 
     @property
     def output(self) -> SeedLinear:
@@ -149,7 +134,8 @@ class ConvNet(UnitNetwork):
                 F.max_pool2d(F.relu(F.conv2d(h, w, b)), 2)
                 for h, w, b in zip(per_seed, weights, biases, strict=True)
             ]
-            features.append(torch.stack(per_seed))
+            # one seed: a view, not a copy of its features
+            features.append(per_seed[0].unsqueeze(0) if self.seeds == 1 else torch.stack(per_seed))
         return features
 
     def unit_groups(self) -> list[UnitGroup]:
@@ -182,7 +168,7 @@ class LinearNet(UnitNetwork):
         super().__init__()
         self.seeds = _check_generators(generators)
         drawn = [default_init((num_outputs, math.prod(IMAGE_SHAPE)), g) for g in generators]
-        self.fc = SeedLinear([w for w, _ in drawn], [b for _, b in drawn])
+        self.fc = SeedLinear(torch.stack([w for w, _ in drawn]), torch.stack([b for _, b in drawn]))
 
     @property
     def output(self) -> SeedLinear:

@@ -27,6 +27,7 @@ from lop_ray.nets.losses import per_seed_cross_entropy, per_seed_mse
 from lop_ray.nets.mlp_gradients import DERIVATIVES
 from lop_ray.nets.one_example_kernel import ACTIVATION_CODES, one_hidden_layer_squared_error
 from lop_ray.nets.online_norm import OnlineNorm
+from lop_ray.nets.seed_linear import SeedLinear
 from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, norm_entries
 
 _MSE = (F.mse_loss, per_seed_mse)
@@ -46,15 +47,6 @@ def _initial_weight(
     return torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=generator)
 
 
-class SeedLinear(nn.Module):
-    """One linear layer per seed: weight (S, out, in), bias (S, out)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight.clone())
-        self.bias = nn.Parameter(bias.clone())
-
-
 class MLP(UnitNetwork):
     """Linear layers with one activation between them, for S seeds; every hidden layer is a unit
     group.
@@ -66,8 +58,8 @@ class MLP(UnitNetwork):
 
     Extended Data Fig. 4's methods: `online_norm` normalises each hidden layer's pre-activation
     (`OnlineNorm`), `dropout` drops each hidden layer's output in training mode, with masks that are
-    counter-based draws of each seed's `dropout_keys` and the step (`dropout_steps`, a buffer, so
-    in the checkpoint), the same for a seed in any batch.
+    counter-based draws of each seed's `dropout_keys` and the step (`dropout_step`, in the
+    state dict as extra state, so in the checkpoint), the same for a seed in any batch.
     """
 
     # one-hidden-layer regression nets step through `one_example_kernel`; False keeps PyTorch ops
@@ -115,12 +107,14 @@ class MLP(UnitNetwork):
         )
         self.dropout = dropout
         self.dropout_keys = dropout_keys
-        self.register_buffer("dropout_steps", torch.zeros((), dtype=torch.long))
-
-    @property
-    def plain(self) -> bool:
-        """No dropout and no normalisation: the hand-written and compiled steps apply."""
-        return self.norms is None and not self.dropout
+        self.dropout_step = 0  # training forward passes so far: the dropout masks' counter
+        self._dropout_noise: dict = {}  # (layer, values per seed, device) → its CounterNoise
+        # the Parameter objects stay for the network's life (`.to()`, `load_state_dict` swap their
+        # storage): at one example per step, rebuilding these lists ~14 times a step through
+        # nn.Module's attribute lookup was a visible share of a small network's step
+        self._weight_list = [layer.weight for layer in self.layers]
+        self._bias_list = [layer.bias for layer in self.layers]
+        self.plain = not online_norm and not dropout  # the hand-written and compiled steps apply
 
     def unit_groups(self) -> list[UnitGroup]:
         """Each hidden layer, its parameters already (S, …)."""
@@ -143,11 +137,11 @@ class MLP(UnitNetwork):
 
     @property
     def weights(self) -> list[nn.Parameter]:
-        return [layer.weight for layer in self.layers]
+        return self._weight_list
 
     @property
     def biases(self) -> list[nn.Parameter]:
-        return [layer.bias for layer in self.layers]
+        return self._bias_list
 
     def weight_abs_sums(self) -> list[list[float]]:
         """Σ|W| of each layer, per seed (the weight-magnitude metric). Each seed's sums run over its
@@ -172,20 +166,28 @@ class MLP(UnitNetwork):
             if dropping:
                 x = x * self._kept(index, x) / (1.0 - self.dropout)
         if dropping:
-            self.dropout_steps += 1
+            self.dropout_step += 1
         return _linear(x, self.weights[-1], self.biases[-1]), activations
 
     def _kept(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """This step's dropout mask of hidden layer `layer`, (S, batch, units)."""
-        from lop_ray.algos.counter_rng import CounterNoise  # (algos imports nets)
+        key = (layer, h.numel() // h.shape[0], h.device)
+        noise = self._dropout_noise.get(key)
+        if noise is None:
+            from lop_ray.algos.counter_rng import CounterNoise  # (algos imports nets)
 
-        noises = self.__dict__.setdefault("_dropout_noise", {})
-        count = h[0].numel()
-        noise = noises.get((layer, count))
-        if noise is None or noise.keys.device != h.device:
             keys = self.dropout_keys.to(h.device)
-            noise = noises[(layer, count)] = CounterNoise(keys, self.dropout_stream + layer, count, "uniform")
-        return (noise.at(int(self.dropout_steps)) >= self.dropout).view(h.shape)
+            noise = self._dropout_noise[key] = CounterNoise(
+                keys, self.dropout_stream + layer, key[1], "uniform"
+            )
+        return (noise.at(self.dropout_step) >= self.dropout).view(h.shape)
+
+    def get_extra_state(self) -> dict:
+        """The dropout step count, in `state_dict()` (exact resume draws the same masks)."""
+        return {"dropout_step": self.dropout_step}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.dropout_step = int(state["dropout_step"])
 
     def _gradient_buffer(self, layer: int) -> torch.Tensor | None:
         """A reused output tensor for a large layer's weight gradient. At S × 2000 × 2000 a fresh

@@ -29,23 +29,11 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from lop_ray.nets.seed_linear import SeedLinear
 from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, norm_entries
 
 PAPER_WIDTH = 64
 Generators = Sequence[torch.Generator | None]
-
-
-class SeedLinear(nn.Module):
-    """A linear layer per seed: weight (S, out, in), bias (S, out); input (S, batch, in)."""
-
-    def __init__(self, seeds: int, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.zeros(seeds, out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(seeds, out_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
 
 class CifarResNet18(UnitNetwork):
@@ -70,7 +58,7 @@ class CifarResNet18(UnitNetwork):
             base.conv1 = _conv(3, width, 3, 1, 1, seeds)
             base.bn1 = nn.BatchNorm2d(seeds * width)
         base.maxpool = nn.Identity()
-        base.fc = SeedLinear(seeds, 8 * width, num_classes)
+        base.fc = SeedLinear.zeros(seeds, 8 * width, num_classes)
         self.resnet = base
         self.blocks: list[BasicBlock] = [b for stage in self._stages() for b in stage]
         self.reinitialize(generators)
