@@ -182,10 +182,8 @@ def test_dropout_masks_keep_one_minus_p_and_change_every_step():
     h = torch.ones(1, 1, 1000)
     masks = []
     for step in range(200):
-        net.dropout_step = step
-        masks.append(net._kept(0, h))
+        masks.append(net._kept(0, h, step))
     kept = torch.stack(masks).float().mean().item()
     assert kept == pytest.approx(0.75, abs=0.005)  # 200,000 draws: a standard error of 0.001
     assert all(not torch.equal(a, b) for a, b in zip(masks, masks[1:], strict=False))
-    net.dropout_step = 7
-    assert torch.equal(net._kept(0, h), masks[7])  # a function of (key, step) only
+    assert torch.equal(net._kept(0, h, 7), masks[7])  # a function of (key, step) only

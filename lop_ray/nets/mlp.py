@@ -58,8 +58,8 @@ class MLP(UnitNetwork):
 
     Extended Data Fig. 4's methods: `online_norm` normalises each hidden layer's pre-activation
     (`OnlineNorm`), `dropout` drops each hidden layer's output in training mode, with masks that are
-    counter-based draws of each seed's `dropout_keys` and the step (`dropout_step`, in the
-    state dict as extra state, so in the checkpoint), the same for a seed in any batch.
+    counter-based draws of each seed's `dropout_keys` and the step (`dropout_steps`, a buffer, so
+    in the checkpoint), the same for a seed in any batch.
     """
 
     # one-hidden-layer regression nets step through `one_example_kernel`; False keeps PyTorch ops
@@ -107,7 +107,8 @@ class MLP(UnitNetwork):
         )
         self.dropout = dropout
         self.dropout_keys = dropout_keys
-        self.dropout_step = 0  # training forward passes so far: the dropout masks' counter
+        # training forward passes so far, the dropout masks' counter (a buffer: in the checkpoint)
+        self.register_buffer("dropout_steps", torch.zeros((), dtype=torch.long))
         self._dropout_noise: dict = {}  # (layer, values per seed, device) → its CounterNoise
         # the Parameter objects stay for the network's life (`.to()`, `load_state_dict` swap their
         # storage): at one example per step, rebuilding these lists ~14 times a step through
@@ -157,6 +158,7 @@ class MLP(UnitNetwork):
         """x (S, batch, inputs) → (outputs (S, batch, outputs), each hidden layer's (S, batch, units))."""
         activations = []
         dropping = self.dropout and self.training
+        step = int(self.dropout_steps) if dropping else 0  # one read per step, not per layer
         for index, (weight, bias) in enumerate(zip(self.weights[:-1], self.biases[:-1], strict=True)):
             z = _linear(x, weight, bias)
             if self.norms is not None:
@@ -164,13 +166,13 @@ class MLP(UnitNetwork):
             x = self._activation_fn(z)
             activations.append(x)  # CBP and the probes see the units' own activations
             if dropping:
-                x = x * self._kept(index, x) / (1.0 - self.dropout)
+                x = x * self._kept(index, x, step) / (1.0 - self.dropout)
         if dropping:
-            self.dropout_step += 1
+            self.dropout_steps += 1
         return _linear(x, self.weights[-1], self.biases[-1]), activations
 
-    def _kept(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """This step's dropout mask of hidden layer `layer`, (S, batch, units)."""
+    def _kept(self, layer: int, h: torch.Tensor, step: int) -> torch.Tensor:
+        """Step `step`'s dropout mask of hidden layer `layer`, (S, batch, units)."""
         key = (layer, h.numel() // h.shape[0], h.device)
         noise = self._dropout_noise.get(key)
         if noise is None:
@@ -180,14 +182,7 @@ class MLP(UnitNetwork):
             noise = self._dropout_noise[key] = CounterNoise(
                 keys, self.dropout_stream + layer, key[1], "uniform"
             )
-        return (noise.at(self.dropout_step) >= self.dropout).view(h.shape)
-
-    def get_extra_state(self) -> dict:
-        """The dropout step count, in `state_dict()` (exact resume draws the same masks)."""
-        return {"dropout_step": self.dropout_step}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.dropout_step = int(state["dropout_step"])
+        return (noise.at(step) >= self.dropout).view(h.shape)
 
     def _gradient_buffer(self, layer: int) -> torch.Tensor | None:
         """A reused output tensor for a large layer's weight gradient. At S × 2000 × 2000 a fresh
