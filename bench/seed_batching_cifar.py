@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.cifar_epoch_time import learner as paper_learner  # noqa: E402
+from bench.cifar_epoch_time import synthetic as epoch_time_synthetic  # noqa: E402
 from lop_ray.data.shards import ImageDataset  # noqa: E402
 from lop_ray.experiments.incremental_cifar import IncrementalCifarConfig, IncrementalCifarExperiment  # noqa: E402
 
@@ -41,14 +41,7 @@ PAPER = (64, 500, 50, 100)
 
 def synthetic(train_per_class: int, test_per_class: int) -> tuple[ImageDataset, ImageDataset]:
     """Random images of CIFAR-100's shape, every class equally often (as seed batching needs)."""
-    rng = np.random.default_rng(0)
-
-    def split(per_class: int) -> ImageDataset:
-        labels = np.tile(np.arange(CLASSES), per_class)
-        images = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
-        return ImageDataset(images, labels, 255.0, CLASSES)
-
-    return split(train_per_class), split(test_per_class)
+    return epoch_time_synthetic(train_per_class, test_per_class, CLASSES)
 
 
 def _epoch(experiments: Sequence[IncrementalCifarExperiment], device: torch.device) -> float:
