@@ -9,7 +9,7 @@ workload is two trainable steps of the real experiment, data stream included, af
 step and with the long-lived objects frozen out of the cyclic collector as a trial has them; the
 earlier commit's single-seed classes and this tree's S = 1 get the same configuration.
 
-    .venv/bin/python bench/against_commit.py [--baseline 81d9d90] [--repeats 3] [--only regression]
+    .venv/bin/python bench/against_commit.py [--baseline 81d9d90] [--repeats 3] [--only regression] [--match dropout 'online norm']
 """
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ LEARNERS = {
     "cbp": LearnerSettings(algorithm="cbp", step_size=0.01,
         cbp=CBPConfig(replacement_rate=1e-4, maturity_threshold=100, util_type="adaptable_contribution")),
     "bp_momentum": LearnerSettings(step_size=0.01, momentum=0.9),
+    # permuted MNIST's (sweeps/permuted_mnist/)
+    "mnist_sgd": LearnerSettings(step_size=0.003),
+    "mnist_adam": LearnerSettings(optimizer="adam", step_size=1e-4),
+    "mnist_l2": LearnerSettings(step_size=0.003, weight_decay=1e-4),
+    "mnist_snp": LearnerSettings(algorithm="snp", step_size=0.003, weight_decay=1e-4, perturb_scale=1e-5),
+    "mnist_cbp": LearnerSettings(algorithm="cbp", step_size=0.003,
+        cbp=CBPConfig(replacement_rate=1e-6, maturity_threshold=100, util_type="contribution")),
 }
 """
 
@@ -60,7 +67,7 @@ from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNIS
 rng = np.random.default_rng(0)
 dataset = ImageDataset(rng.integers(0, 256, (2000, 28, 28), dtype=np.uint8), rng.integers(0, 10, 2000), 255.0, 10)
 config = PermutedMNISTConfig(hidden_units=HIDDEN, examples_per_task=EXAMPLES, probe_examples=100,
-    learner=LearnerSettings(step_size=0.003), **NETWORK)
+    learner=LEARNERS[LEARNER], **NETWORK)
 seeds = list(range(SEEDS))
 if OLD and SEEDS == 1:
     experiment = PermutedMNISTExperiment(config, dataset)
@@ -128,29 +135,46 @@ WORKLOADS = [
         "permuted_mnist",
         "bp 2000 × 3, S = 1",
         PERMUTED,
-        dict(HIDDEN=2000, NETWORK={}, SEEDS=1, EXAMPLES=200),
+        dict(HIDDEN=2000, NETWORK={}, SEEDS=1, EXAMPLES=200, LEARNER="mnist_sgd"),
         "seed-steps/s",
     ),
     (
         "permuted_mnist",
         "bp 100 × 3, S = 1",
         PERMUTED,
-        dict(HIDDEN=100, NETWORK={}, SEEDS=1, EXAMPLES=1000),
+        dict(HIDDEN=100, NETWORK={}, SEEDS=1, EXAMPLES=1000, LEARNER="mnist_sgd"),
         "seed-steps/s",
     ),
     (
         "permuted_mnist",
         "bp 100 × 3, S = 10",
         PERMUTED,
-        dict(HIDDEN=100, NETWORK={}, SEEDS=10, EXAMPLES=1000),
+        dict(HIDDEN=100, NETWORK={}, SEEDS=10, EXAMPLES=1000, LEARNER="mnist_sgd"),
         "seed-steps/s",
     ),
     (
         "permuted_mnist",
         "dropout 2000 × 3, S = 1",
         PERMUTED,
-        dict(HIDDEN=2000, NETWORK={"dropout": 0.1}, SEEDS=1, EXAMPLES=200),
+        dict(HIDDEN=2000, NETWORK={"dropout": 0.1}, SEEDS=1, EXAMPLES=200, LEARNER="mnist_sgd"),
         "seed-steps/s",
+    ),
+    (
+        "permuted_mnist",
+        "online norm 2000 × 3, S = 1",
+        PERMUTED,
+        dict(HIDDEN=2000, NETWORK={"online_norm": True}, SEEDS=1, EXAMPLES=200, LEARNER="mnist_sgd"),
+        "seed-steps/s",
+    ),
+    *(
+        (
+            "permuted_mnist",
+            f"{name} 2000 × 3, S = 1",
+            PERMUTED,
+            dict(HIDDEN=2000, NETWORK={}, SEEDS=1, EXAMPLES=200, LEARNER=f"mnist_{name}"),
+            "seed-steps/s",
+        )
+        for name in ("adam", "l2", "snp", "cbp")
     ),
     ("continual_imagenet", "bp, S = 1 (400 images, 2 epochs)", IMAGENET, {}, "tasks/s"),
     ("incremental_cifar", "bp, S = 1 (width 16, 60 images)", CIFAR, {}, "epochs/s"),
@@ -180,6 +204,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE, help="the earlier commit")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="+", help="problems to measure")
+    parser.add_argument("--match", nargs="+", help="workloads whose label contains one of these")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lop-baseline-") as scratch:
         baseline = Path(scratch) / "tree"
@@ -194,6 +219,8 @@ def main() -> None:
             print(f"{'problem':20}{'workload':36}{'baseline':>14}{'this tree':>14}{'ratio':>8}  unit")
             for problem, label, code, values, unit in WORKLOADS:
                 if args.only and problem not in args.only:
+                    continue
+                if args.match and not any(m in label for m in args.match):
                     continue
                 before, after = [], []
                 for _ in range(args.repeats):

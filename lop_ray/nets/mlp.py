@@ -8,15 +8,18 @@ batched network costs about what one seed costs. Nothing in a step mixes seeds, 
 trajectory does not depend on which other seeds share its batch.
 
 Inputs are (S, batch, features); a per-seed loss is the mean over that seed's batch and outputs
-(`lop_ray.nets.losses`). Without dropout or normalisation the backward pass is hand-written (and
-compiled for one-hidden-layer regression nets): at one example per step the autograd engine's fixed
-cost per node is most of a step; tests/test_mlp_gradients.py checks it against autograd.
+(`lop_ray.nets.losses`). The backward pass is hand-written (and compiled for one-hidden-layer
+regression nets), dropout and online normalisation included: at one example per step the autograd
+engine's fixed cost per node is most of a small net's step, and for permuted MNIST's 2000-wide layers
+a hand-written pass can add the SGD update straight into the weights (`fused_sgd_step`);
+tests/test_mlp_gradients.py checks it against autograd.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -115,7 +118,10 @@ class MLP(UnitNetwork):
         # nn.Module's attribute lookup was a visible share of a small network's step
         self._weight_list = [layer.weight for layer in self.layers]
         self._bias_list = [layer.bias for layer in self.layers]
-        self.plain = not online_norm and not dropout  # the hand-written and compiled steps apply
+        # the hand-written backward pass knows dropout (the forward's masks) and online normalisation
+        # (its corrected backward pass); the one-example and compiled steps of small layers know
+        # neither option
+        self.plain = not online_norm and not dropout
 
     def unit_groups(self) -> list[UnitGroup]:
         """Each hidden layer, its parameters already (S, …)."""
@@ -201,10 +207,10 @@ class MLP(UnitNetwork):
         self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Per-seed losses (S,), outputs, hidden activations and gradients in `parameters()` order;
-        None with dropout or normalisation, or another loss (autograd then)."""
-        if not self.plain or loss_fn not in _HAND_LOSSES:
+        None for another loss, or online normalisation outside training mode (autograd then)."""
+        if not self._hand_backward_applies(loss_fn):
             return None
-        arrays = self._compiled_step(x, loss_fn) if x.shape[1] == 1 else None
+        arrays = self._compiled_step(x, loss_fn) if x.shape[1] == 1 and self.plain else None
         if arrays is not None:  # no autograd involved: no no_grad context to enter (~µs per step)
             return self._compiled_one_example_gradients(x, target, arrays)
         return self._torch_loss_and_gradients(x, target, loss_fn)
@@ -213,34 +219,74 @@ class MLP(UnitNetwork):
     def _torch_loss_and_gradients(
         self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        if x.shape[1] == 1 and all(w.shape[1] * w.shape[2] <= _SMALL for w in self.weights):
+        if self.plain and x.shape[1] == 1 and all(w.shape[1] * w.shape[2] <= _SMALL for w in self.weights):
             return self._one_example_gradients(x, target, loss_fn)
-        derivative = DERIVATIVES[self.activation_name]
-        inputs, pre_activations, output = self._forward_for_backward(x)
-        loss, delta = _per_seed_loss_gradient(output, target, loss_fn)
+        passed = self._forward_for_backward(x)
+        loss, delta = _per_seed_loss_gradient(passed.output, target, loss_fn)
         grads: list[torch.Tensor] = []
+        norm_grads: list[torch.Tensor] = []  # (gain, bias) of each hidden layer's normalisation, top down
         one_example = x.shape[1] == 1  # a sum over one example is that example: a view, not a kernel
         for layer in range(len(self.weights) - 1, -1, -1):
             grads.append(delta.squeeze(1) if one_example else delta.sum(dim=1))
-            grads.append(_outer(delta, inputs[layer], self._gradient_buffer(layer)))
+            grads.append(_outer(delta, passed.inputs[layer], self._gradient_buffer(layer)))
             if layer:
-                back = _backward(delta, self.weights[layer])
-                delta = back * derivative(pre_activations[layer - 1], inputs[layer])
+                delta, affine = self._delta_below(passed, layer, _backward(delta, self.weights[layer]))
+                norm_grads.extend(reversed(affine))
         grads.reverse()
-        return loss, output, inputs[1:], grads
+        norm_grads.reverse()  # `parameters()` order: the layers, then each norm's gain and bias
+        return loss, passed.output, passed.hidden, grads + norm_grads
 
-    def _forward_for_backward(
-        self, x: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """(each layer's input, each hidden pre-activation, output): what the backward pass reads."""
-        inputs, pre_activations = [x], []
+    def _hand_backward_applies(self, loss_fn: Callable) -> bool:
+        # online normalisation's backward pass is defined for training steps only (eval mode
+        # normalises with frozen estimates, which `forward` and autograd handle)
+        return loss_fn in _HAND_LOSSES and (self.norms is None or self.training)
+
+    def _forward_for_backward(self, x: torch.Tensor) -> _ForwardPass:
+        """The forward pass with what the backward pass reads; in training mode with dropout, the
+        same masks (and the same step count advance) as `forward`."""
+        dropping = self.dropout and self.training
+        step = int(self.dropout_steps) if dropping else 0
+        passed = _ForwardPass([x], [], [], [], [], None)
         h = x
-        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+        for index, (weight, bias) in enumerate(zip(self.weights[:-1], self.biases[:-1], strict=True)):
             z = _linear(h, weight, bias)
+            if self.norms is not None:  # as `OnlineNorm.forward` in training mode: the same values
+                norm = self.norms[index]
+                normalised, std = norm.train_forward_parts(z)
+                passed.normalised.append((normalised, std))
+                z = normalised * norm.weight.unsqueeze(1) + norm.bias.unsqueeze(1)
             h = self._activation_fn(z)
-            pre_activations.append(z)
-            inputs.append(h)
-        return inputs, pre_activations, _linear(h, self.weights[-1], self.biases[-1])
+            passed.pre_activations.append(z)
+            passed.hidden.append(h)
+            if dropping:
+                kept = self._kept(index, h, step)
+                passed.kept.append(kept)
+                h = h * kept / (1.0 - self.dropout)  # as `forward`: the same values
+            passed.inputs.append(h)
+        if dropping:
+            self.dropout_steps += 1
+        passed.output = _linear(h, self.weights[-1], self.biases[-1])
+        return passed
+
+    def _delta_below(
+        self, passed: _ForwardPass, layer: int, back: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """δ of hidden layer `layer` − 1 from the gradient `back` reaching its (dropped) output, in
+        autograd's order: through the dropout scaling and mask, the activation, then the online
+        normalisation's gain and bias (whose gradients come back too; () without it) and its
+        corrected backward pass."""
+        unit = layer - 1
+        if passed.kept:
+            back = back / (1.0 - self.dropout) * passed.kept[unit]
+        derivative = DERIVATIVES[self.activation_name]
+        delta = back * derivative(passed.pre_activations[unit], passed.hidden[unit])
+        if self.norms is None:
+            return delta, ()
+        norm = self.norms[unit]
+        normalised, std = passed.normalised[unit]
+        gain_grad, bias_grad = (delta * normalised).squeeze(1), delta.squeeze(1)
+        grad_normalised = delta * norm.weight.unsqueeze(1)
+        return norm.backward_parts(grad_normalised, normalised, std), (gain_grad, bias_grad)
 
     @torch.no_grad()
     def fused_sgd_step(
@@ -254,11 +300,11 @@ class MLP(UnitNetwork):
         to the optimizer writes an S × out × in tensor and reads it back, two of the six passes over
         the weights; W ← (1 − lr·wd)·W − lr·δxᵀ in place leaves the four a step needs (forward,
         backward, read and write). Each layer's δ for the layer below is taken before the update."""
-        if not self.plain or loss_fn not in _HAND_LOSSES or all(_small(x, w) for w in self.weights):
+        if not self._hand_backward_applies(loss_fn) or all(_small(x, w) for w in self.weights):
             return None
-        derivative = DERIVATIVES[self.activation_name]
-        inputs, pre_activations, output = self._forward_for_backward(x)
-        loss, delta = _per_seed_loss_gradient(output, target, loss_fn)
+        passed = self._forward_for_backward(x)
+        inputs = passed.inputs
+        loss, delta = _per_seed_loss_gradient(passed.output, target, loss_fn)
         one_example = x.shape[1] == 1
         for layer in range(len(self.weights) - 1, -1, -1):
             weight, bias = self.weights[layer], self.biases[layer]
@@ -273,8 +319,13 @@ class MLP(UnitNetwork):
                 weight.baddbmm_(delta.transpose(1, 2), inputs[layer], alpha=-lr)
                 bias.sub_(delta.sum(dim=1), alpha=lr)
             if layer:
-                delta = back * derivative(pre_activations[layer - 1], inputs[layer])
-        return loss, output, inputs[1:]
+                delta, affine = self._delta_below(passed, layer, back)
+                norm = self.norms[layer - 1] if affine else None
+                for parameter, grad in zip((norm.weight, norm.bias) if affine else (), affine, strict=True):
+                    if weight_decay:
+                        parameter.mul_(1.0 - lr * weight_decay)
+                    parameter.sub_(grad, alpha=lr)
+        return loss, passed.output, passed.hidden
 
     def _one_example_gradients(
         self, x: torch.Tensor, target: torch.Tensor, loss_fn: Callable
@@ -376,6 +427,20 @@ class MLP(UnitNetwork):
             *buffer_arrays,
         )
         return loss, output.unsqueeze(1), [buffers[4].unsqueeze(1)], buffers[:4]
+
+
+@dataclass
+class _ForwardPass:
+    """A training forward pass as the hand-written backward pass reads it: each layer's input
+    (after dropout), each hidden layer's pre-activation (after normalisation) and own activation (before dropout, what
+    CBP and the probes see), the dropout masks, the output."""
+
+    inputs: list[torch.Tensor]
+    pre_activations: list[torch.Tensor]
+    hidden: list[torch.Tensor]
+    kept: list[torch.Tensor]
+    normalised: list[tuple[torch.Tensor, torch.Tensor]]  # online normalisation's (y, σ) per layer
+    output: torch.Tensor | None
 
 
 # Small layers at one example per seed (regression: 20 → 5 → 1) are cheaper as broadcast products

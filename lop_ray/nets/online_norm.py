@@ -25,17 +25,43 @@ import torch
 from torch import nn
 
 
+def normalize_and_update(
+    x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, forward_decay: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8 for x (S, 1, width): (y, σ_{t−1}); the statistics (S, width) are updated in place.
+    One function for the autograd path and the MLP's hand-written backward pass: the same numbers."""
+    std = (var + eps).sqrt()
+    y = (x - mean.unsqueeze(1)) / std.unsqueeze(1)
+    example = x[:, 0]
+    deviation = example - mean
+    var.mul_(forward_decay).add_(forward_decay * (1 - forward_decay) * deviation * deviation)
+    mean.mul_(forward_decay).add_((1 - forward_decay) * example)
+    return y, std
+
+
+def normalize_backward(
+    grad_y: torch.Tensor,
+    y: torch.Tensor,
+    std: torch.Tensor,
+    error_y: torch.Tensor,
+    error_1: torch.Tensor,
+    backward_decay: float,
+) -> torch.Tensor:
+    """Eq. 11–12: the gradient reaching x from `grad_y`; the error accumulators updated in place."""
+    feedback = 1 - backward_decay
+    corrected = grad_y - feedback * error_y.unsqueeze(1) * y
+    grad_x = corrected / std.unsqueeze(1) - feedback * error_1.unsqueeze(1)
+    error_y.add_(corrected[:, 0] * y[:, 0])
+    error_1.add_(grad_x[:, 0])
+    return grad_x
+
+
 class _OnlineNormalize(torch.autograd.Function):
     """x (S, 1, width): one example per seed; statistics and errors (S, width), updated in place."""
 
     @staticmethod
     def forward(ctx, x, mean, var, error_y, error_1, forward_decay, backward_decay, eps):
-        std = (var + eps).sqrt()
-        y = (x - mean.unsqueeze(1)) / std.unsqueeze(1)
-        example = x[:, 0]
-        deviation = example - mean
-        var.mul_(forward_decay).add_(forward_decay * (1 - forward_decay) * deviation * deviation)
-        mean.mul_(forward_decay).add_((1 - forward_decay) * example)
+        y, std = normalize_and_update(x, mean, var, forward_decay, eps)
         ctx.save_for_backward(y, std)
         ctx.errors = (error_y, error_1)
         ctx.backward_decay = backward_decay
@@ -44,12 +70,7 @@ class _OnlineNormalize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         y, std = ctx.saved_tensors
-        error_y, error_1 = ctx.errors
-        feedback = 1 - ctx.backward_decay
-        corrected = grad_y - feedback * error_y.unsqueeze(1) * y
-        grad_x = corrected / std.unsqueeze(1) - feedback * error_1.unsqueeze(1)
-        error_y.add_(corrected[:, 0] * y[:, 0])
-        error_1.add_(grad_x[:, 0])
+        grad_x = normalize_backward(grad_y, y, std, *ctx.errors, ctx.backward_decay)
         return grad_x, None, None, None, None, None, None, None
 
 
@@ -97,6 +118,19 @@ class OnlineNorm(nn.Module):
         else:
             y = (x - self.running_mean.unsqueeze(1)) / (self.running_var + self.eps).sqrt().unsqueeze(1)
         return y * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+
+    def train_forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training mode's (normalised x, σ) for a hand-written backward pass (`MLP`); the caller
+        applies the gain and bias and later calls `backward_parts`. Updates the statistics."""
+        if x.shape[1] != 1:
+            raise ValueError(
+                f"online normalisation trains on one example per step, got a batch of {x.shape[1]}"
+            )
+        return normalize_and_update(x, self.running_mean, self.running_var, self.forward_decay, self.eps)
+
+    def backward_parts(self, grad_y: torch.Tensor, y: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """The gradient reaching the layer's input from the one reaching its normalised output."""
+        return normalize_backward(grad_y, y, std, self.error_y, self.error_1, self.backward_decay)
 
     def unit_entries(self) -> dict[str, float]:
         """The per-unit tensors a fresh unit restarts, and their values (continual backprop): its
