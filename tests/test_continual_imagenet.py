@@ -462,6 +462,7 @@ LEARNERS = {  # id: (network, learner settings)
         {"algorithm": "cbp", "cbp": CBPConfig(replacement_rate=0.02, maturity_threshold=3)},
     ),
     "linear": ("linear", {"step_size": 1e-5}),
+    "l2_init": ("conv_net", {"algorithm": "l2_init", "l2_init": 0.5, "momentum": 0.9}),
 }
 
 

@@ -438,6 +438,7 @@ def _tiny(algorithm: str = "bp", fidelity: str = "original", **overrides) -> Inc
         momentum=0.9,
         weight_decay=5e-4,
         perturb_scale=1e-5 if algorithm == "snp" else 0.0,
+        l2_init=0.5 if algorithm == "l2_init" else 0.0,
         cbp=cbp,
     )
     settings = dict(
@@ -530,7 +531,7 @@ def test_every_algorithm_of_a_seed_sees_the_same_class_order(splits):
 
 
 BATCHED = [("bp", "original"), ("head_reset", "corrected"), ("retrained_network", "original")]
-BATCHED += [("snp", "original"), ("cbp", "original"), ("cbp", "corrected")]
+BATCHED += [("snp", "original"), ("cbp", "original"), ("cbp", "corrected"), ("l2_init", "original")]
 
 
 @pytest.mark.parametrize("algorithm, fidelity", BATCHED)

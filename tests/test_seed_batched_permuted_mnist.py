@@ -19,6 +19,7 @@ LEARNERS = {
     "l2": {"algorithm": "l2", "weight_decay": 1e-3},
     "l2_momentum": {"algorithm": "l2", "weight_decay": 1e-3, "momentum": 0.9},
     "snp": {"algorithm": "snp", "weight_decay": 1e-3, "perturb_scale": 1e-3},
+    "l2_init_adam": {"algorithm": "l2_init", "optimizer": "adam", "step_size": 1e-3, "l2_init": 0.1},
     "cbp_adam": {
         "algorithm": "cbp",
         "optimizer": "adam",

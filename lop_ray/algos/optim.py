@@ -9,6 +9,12 @@ computes.
 
 Both take the gradients as a list (`apply_gradients`), so the learner can use `torch.autograd.grad`
 and skip `.grad` bookkeeping; `step()` reads `.grad` as usual.
+
+Both also regularise towards the initial weights (`l2_init`, "L2 Init", Kumar et al. 2023,
+docs/methods.md): the loss L(θ) + λ‖θ − θ₀‖² adds 2λ(θ − θ₀) to every gradient, beside the coupled
+L2 term wd·θ, so the term passes through momentum and Adam's moments as the loss's own gradient
+does. θ₀ is each parameter's value when the optimizer is built, kept in its state (so in the
+checkpoint) and never reset: units that CBP or ReDo re-initialise keep their original anchor.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Adam(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
+        l2_init: float = 0.0,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -45,8 +52,10 @@ class Adam(torch.optim.Optimizer):
             eps=eps,
             weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay,
+            l2_init=l2_init,
         )
         super().__init__(params, defaults)
+        _keep_initial_weights(self)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer API
@@ -65,6 +74,7 @@ class Adam(torch.optim.Optimizer):
                 torch._foreach_mul_(params, 1.0 - lr * weight_decay)
             elif weight_decay:
                 grads_ = torch._foreach_add(grads_, params, alpha=weight_decay)
+            grads_ = _toward_initial(self, group, params, grads_)
             states = [self._state_of(p) for p in params]
             steps = [state["step"] for state in states]
             exp_avgs = [state["exp_avg"] for state in states]
@@ -83,7 +93,7 @@ class Adam(torch.optim.Optimizer):
 
     def _state_of(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
         state = self.state[param]
-        if not state:
+        if "step" not in state:  # (the L2 Init anchor may be there before the first step)
             state["step"] = torch.zeros_like(param)
             state["exp_avg"] = torch.zeros_like(param)
             state["exp_avg_sq"] = torch.zeros_like(param)
@@ -113,9 +123,15 @@ class SGD(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        l2_init: float = 0.0,
     ) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, l2_init=l2_init))
+        _keep_initial_weights(self)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer API
@@ -125,7 +141,8 @@ class SGD(torch.optim.Optimizer):
         """(lr, weight decay) when an update is W ← W − lr·(g + wd·W) for every parameter (one group,
         no momentum): then a network may add its gradient straight into its weights
         (`MLP.fused_sgd_step`) instead of handing it over."""
-        if len(self.param_groups) != 1 or self.param_groups[0]["momentum"]:
+        group = self.param_groups[0] if len(self.param_groups) == 1 else None
+        if group is None or group["momentum"] or group.get("l2_init"):
             return None
         return self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]
 
@@ -136,6 +153,7 @@ class SGD(torch.optim.Optimizer):
             lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
             if weight_decay:
                 grads_ = torch._foreach_add(grads_, params, alpha=weight_decay)
+            grads_ = _toward_initial(self, group, params, grads_)
             if momentum:
                 buffers = [self.state[p].get("momentum_buffer") for p in params]
                 if any(b is None for b in buffers):  # first step: the buffer starts as the gradient
@@ -146,6 +164,25 @@ class SGD(torch.optim.Optimizer):
                     torch._foreach_add_(buffers, grads_)
                 grads_ = [self.state[p]["momentum_buffer"] for p in params]
             torch._foreach_add_(params, grads_, alpha=-lr)
+
+
+def _keep_initial_weights(optimizer: torch.optim.Optimizer) -> None:
+    """θ₀ of every parameter of a group with L2 Init, in the optimizer's state."""
+    for group in optimizer.param_groups:
+        if group.get("l2_init"):
+            for param in group["params"]:
+                optimizer.state[param]["initial"] = param.detach().clone()
+
+
+def _toward_initial(
+    optimizer: torch.optim.Optimizer, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """grads + 2λ(θ − θ₀): the gradient of L2 Init's λ‖θ − θ₀‖² (unchanged without it)."""
+    strength = group.get("l2_init", 0.0)  # (groups of checkpoints from before L2 Init lack it)
+    if not strength:
+        return grads
+    offsets = torch._foreach_sub(params, [optimizer.state[p]["initial"] for p in params])
+    return torch._foreach_add(grads, offsets, alpha=2.0 * strength)
 
 
 def _with_gradients(param_groups: list[dict], grads: Sequence[torch.Tensor | None]):
@@ -175,10 +212,14 @@ def make_optimizer(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    l2_init: float = 0.0,
 ) -> torch.optim.Optimizer:
-    """The paper's optimizers; L2 is the optimizer's coupled weight decay (decoupled for AdamW)."""
+    """The paper's optimizers; L2 is the optimizer's coupled weight decay (decoupled for AdamW);
+    `l2_init`: L2 Init's λ, towards the parameters' values now."""
+    if l2_init < 0:
+        raise ValueError(f"l2_init must be >= 0, got {l2_init}")
     if name == "sgd":
-        return SGD(params, lr=step_size, momentum=momentum, weight_decay=weight_decay)
+        return SGD(params, lr=step_size, momentum=momentum, weight_decay=weight_decay, l2_init=l2_init)
     if name in ("adam", "adamw"):
         return Adam(
             params,
@@ -187,6 +228,7 @@ def make_optimizer(
             eps=eps,
             weight_decay=weight_decay,
             decoupled_weight_decay=name == "adamw",
+            l2_init=l2_init,
         )
     raise ValueError(f"unknown optimizer {name!r}; allowed: sgd, adam, adamw")
 

@@ -42,7 +42,7 @@ from lop_ray.experiments.learner import LearnerSettings, build_learner
 from lop_ray.metrics import rank_summaries
 from lop_ray.nets.resnet import CifarResNet18
 
-ALGORITHMS = ("bp", "head_reset", "retrained_network", "snp", "cbp")
+ALGORITHMS = ("bp", "head_reset", "retrained_network", "snp", "cbp", "l2_init")
 # the step size drops by `step_size_decay` at these fractions of a block (epochs 60, 120, 160 of 200)
 MILESTONES = (0.3, 0.6, 0.8)
 DORMANT_FRACTION = 0.01

@@ -42,6 +42,7 @@ class LearnerSettings:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    l2_init: float = 0.0  # L2 Init's λ (regularisation towards the initial weights)
     perturb_scale: float = 0.0
     cbp: CBPConfig | None = None
     method: Any = None  # the hyper-parameters of another registered method (`METHODS`)
@@ -76,7 +77,8 @@ METHODS: dict[str, Method] = {
 
 
 def optimizer_for(parameters, settings: LearnerSettings) -> torch.optim.Optimizer:
-    """The trial's optimizer over `parameters` (L2 is its coupled weight decay)."""
+    """The trial's optimizer over `parameters` (L2 is its coupled weight decay; L2 Init anchors at
+    the parameters' values now, the trial's initial network)."""
     return make_optimizer(
         parameters,
         settings.optimizer,
@@ -86,6 +88,7 @@ def optimizer_for(parameters, settings: LearnerSettings) -> torch.optim.Optimize
         beta1=settings.beta1,
         beta2=settings.beta2,
         eps=settings.eps,
+        l2_init=settings.l2_init,
     )
 
 

@@ -70,6 +70,12 @@ class RetrainedNetwork(CifarSGD):
     }
 
 
+class L2Init(CifarSGD):
+    """Regenerative regularisation (Kumar et al. 2023, docs/methods.md) beside the weight decay."""
+
+    l2_init: Real = Field(gt=0)
+
+
 class ShrinkAndPerturb(CifarSGD):
     perturb_scale: Real = Field(1e-5, gt=0)  # on every parameter, BN's γ and β included
 
@@ -108,6 +114,7 @@ INCREMENTAL_CIFAR = ProblemSpec(
         "retrained_network": RetrainedNetwork,
         "snp": ShrinkAndPerturb,
         "cbp": ContinualBackprop,
+        "l2_init": L2Init,
     },
     steps_for=lambda settings, num_tasks: num_tasks * settings.epochs_per_block,  # one step = one epoch
     trainable="lop_ray.trainables.incremental_cifar:IncrementalCifarTrainable",

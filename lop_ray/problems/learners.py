@@ -22,6 +22,13 @@ class L2(OptimizerHyperparameters):
     weight_decay: Real = Field(gt=0)
 
 
+class L2Init(OptimizerHyperparameters):
+    """Regenerative regularisation (Kumar et al. 2023, docs/methods.md): λ‖θ − θ₀‖² added to the
+    loss, θ₀ the trial's initial parameters."""
+
+    l2_init: Real = Field(gt=0)
+
+
 class ShrinkAndPerturb(OptimizerHyperparameters):
     weight_decay: Real = Field(ge=0)
     perturb_scale: Real = Field(gt=0)
@@ -68,6 +75,7 @@ class ReDo(ReDoHyperparameters, OptimizerHyperparameters):
 SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "bp": BP,
     "l2": L2,
+    "l2_init": L2Init,
     "snp": ShrinkAndPerturb,
     "cbp": ContinualBackprop,
     "redo": ReDo,
