@@ -171,7 +171,8 @@ def test_hand_gradients_with_online_norm_equal_autograd_over_steps(activation, s
 
 def test_online_norm_learner_takes_the_fused_sgd_step_and_tracks_autograd():
     """Permuted MNIST's online-norm learner (stateless SGD, L2) through the fused step against the
-    same learner through autograd (80-wide layers: above the small-layer size, so the fused path runs): 20 steps, parameters and statistics agree to float64 rounding."""
+    same learner through autograd (80-wide layers: above the small-layer size, so the fused path
+    runs): 20 steps, parameters and statistics agree to float64 rounding."""
 
     def build(hand: bool):
         net = MLP([10, 80, 80, 3], "relu", [torch.Generator().manual_seed(0)], online_norm=True).double()

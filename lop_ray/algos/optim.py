@@ -144,7 +144,7 @@ class SGD(torch.optim.Optimizer):
         group = self.param_groups[0] if len(self.param_groups) == 1 else None
         if group is None or group["momentum"] or group.get("l2_init"):
             return None
-        return self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]
+        return group["lr"], group["weight_decay"]
 
     @torch.no_grad()
     def apply_gradients(self, grads: Sequence[torch.Tensor | None]) -> None:

@@ -320,11 +320,12 @@ class MLP(UnitNetwork):
                 bias.sub_(delta.sum(dim=1), alpha=lr)
             if layer:
                 delta, affine = self._delta_below(passed, layer, back)
-                norm = self.norms[layer - 1] if affine else None
-                for parameter, grad in zip((norm.weight, norm.bias) if affine else (), affine, strict=True):
-                    if weight_decay:
-                        parameter.mul_(1.0 - lr * weight_decay)
-                    parameter.sub_(grad, alpha=lr)
+                if affine:  # the layer's online normalisation: its gain and bias, updated alike
+                    norm = self.norms[layer - 1]
+                    for parameter, grad in zip((norm.weight, norm.bias), affine, strict=True):
+                        if weight_decay:
+                            parameter.mul_(1.0 - lr * weight_decay)
+                        parameter.sub_(grad, alpha=lr)
         return loss, passed.output, passed.hidden
 
     def _one_example_gradients(
@@ -432,8 +433,8 @@ class MLP(UnitNetwork):
 @dataclass
 class _ForwardPass:
     """A training forward pass as the hand-written backward pass reads it: each layer's input
-    (after dropout), each hidden layer's pre-activation (after normalisation) and own activation (before dropout, what
-    CBP and the probes see), the dropout masks, the output."""
+    (after dropout), each hidden layer's pre-activation (after normalisation) and own activation
+    (before dropout: what CBP and the probes see), the dropout masks, the output."""
 
     inputs: list[torch.Tensor]
     pre_activations: list[torch.Tensor]

@@ -30,6 +30,8 @@ def normalize_and_update(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 8 for x (S, 1, width): (y, σ_{t−1}); the statistics (S, width) are updated in place.
     One function for the autograd path and the MLP's hand-written backward pass: the same numbers."""
+    if x.shape[1] != 1:
+        raise ValueError(f"online normalisation trains on one example per step, got a batch of {x.shape[1]}")
     std = (var + eps).sqrt()
     y = (x - mean.unsqueeze(1)) / std.unsqueeze(1)
     example = x[:, 0]
@@ -101,10 +103,6 @@ class OnlineNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            if x.shape[1] != 1:
-                raise ValueError(
-                    f"online normalisation trains on one example per step, got a batch of {x.shape[1]}"
-                )
             y = _OnlineNormalize.apply(
                 x,
                 self.running_mean,
@@ -122,10 +120,6 @@ class OnlineNorm(nn.Module):
     def train_forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training mode's (normalised x, σ) for a hand-written backward pass (`MLP`); the caller
         applies the gain and bias and later calls `backward_parts`. Updates the statistics."""
-        if x.shape[1] != 1:
-            raise ValueError(
-                f"online normalisation trains on one example per step, got a batch of {x.shape[1]}"
-            )
         return normalize_and_update(x, self.running_mean, self.running_var, self.forward_decay, self.eps)
 
     def backward_parts(self, grad_y: torch.Tensor, y: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
