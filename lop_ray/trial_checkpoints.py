@@ -160,8 +160,13 @@ def _training_result(stored: StoredCheckpoint, fs: pyarrow.fs.FileSystem):
 
 
 class ReconcileCheckpoints(Callback):
-    """Runs `reconcile_trial_checkpoints` once per trial per driver, before its actor starts
-    (Tune calls `on_step_begin` ahead of starting actors in every controller step)."""
+    """Runs `reconcile_trial_checkpoints` before a trial's actor starts (Tune calls `on_step_begin`
+    ahead of starting actors in every controller step): once per trial per driver, and again each
+    time Tune retries a failed trial. The retry matters as much as the restart: a checkpoint upload
+    cut short by a storage outage (pyarrow drops the error of the last part it writes on close) is
+    still recorded by Tune as the trial's newest, and restoring it would fail every retry until
+    `max_failures` is spent. Storage that does not answer yet leaves the trial to Tune's record,
+    and it is reconciled at its next retry."""
 
     def __init__(self) -> None:
         self._reconciled: set[str] = set()
@@ -174,5 +179,11 @@ class ReconcileCheckpoints(Callback):
         for trial in trials:
             if trial.trial_id in self._reconciled or trial.status not in ("PENDING", "PAUSED", "ERROR"):
                 continue
-            self._reconciled.add(trial.trial_id)
-            reconcile_trial_checkpoints(trial)
+            self._reconciled.add(trial.trial_id)  # once per start, whatever storage answers
+            try:
+                reconcile_trial_checkpoints(trial)
+            except OSError as error:  # storage unreachable: Tune's record stands until a retry
+                logger.warning("%s: could not check its checkpoints on storage (%s)", trial, error)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        self._reconciled.discard(trial.trial_id)

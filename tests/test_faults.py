@@ -248,6 +248,45 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one_and_says_s
     print(f"\n(f) resume past a truncated checkpoint: {elapsed:.1f} s", file=sys.stderr)
 
 
+def test_a_retry_in_the_same_driver_falls_back_past_a_truncated_newest_checkpoint(tmp_path, ray_tmp):
+    """(g) A trial's newest checkpoint is cut short (as an upload interrupted by a storage outage
+    leaves it) while Tune's record names it, and then its worker dies. Tune retries the trial in the
+    same driver: the retry continues from the previous complete checkpoint instead of failing on the
+    truncated one until max_failures is spent, and the sweep still ends bit-identical."""
+    sweep, results, driver = _start_sweep(tmp_path, "retrytruncated", num_tasks=10, max_failures=3)
+    log = tmp_path / "retrytruncated.log"
+    try:
+        _wait_for_checkpoint(results, driver, log, steps=2, trials=2)
+        deadline = time.monotonic() + 60
+        while True:
+            workers = _trial_workers(driver.pid)
+            victim = _a_trial_to_kill(results, workers, sweep.steps_per_trial)
+            trial = next(
+                (t for t, (pid, _) in _reported(results).items() if victim and pid == victim.pid), None
+            )
+            if trial is not None and len(list(trial.glob("checkpoint_*/manifest.json"))) >= 2:
+                break
+            assert time.monotonic() < deadline and driver.poll() is None, log.read_text()
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGSTOP)  # no new checkpoint while the newest is cut short
+        time.sleep(1.0)  # the driver registers any checkpoint already reported
+        newest = sorted(trial.glob("checkpoint_*/manifest.json"))[-1].parent
+        state = newest / CHECKPOINT_FILE
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        victim.send_signal(signal.SIGKILL)
+        assert _wait(driver, log) == 0, log.read_text()
+    finally:
+        if driver.poll() is None or _session_processes(driver.pid):
+            _kill_session(driver.pid)
+            driver.wait()
+
+    assert f"{newest} is incomplete" in log.read_text() or not newest.exists(), log.read_text()
+    assert_runs_match_reference(embedded_tracking_uri(results), sweep)
+    statuses, _ = sweep_status(str(results))
+    assert [s.state for s in statuses] == ["FINISHED"] * len(sweep.trials)
+    assert sum(s.failures for s in statuses) == 1  # one kill, one retry: the truncated state never loaded
+
+
 def test_mlflow_server_killed_and_restarted_mid_sweep(tmp_path, ray_tmp):
     """(e) The sweep logs to `lop-ray mlflow-server`; the server is SIGKILLed mid-sweep and started
     again on the same store and port. MLflow's client retries with backoff meanwhile, so the sweep
