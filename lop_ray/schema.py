@@ -260,6 +260,7 @@ class _Validator:
         if self.problems:
             raise SweepError(self.path, self.problems)
         self.unique_labels(algorithms)
+        self.layers_exist(algorithms, networks)
         if self.problems:
             raise SweepError(self.path, self.problems)
 
@@ -367,6 +368,22 @@ class _Validator:
             if option in model.model_fields and params.get(option) is None:
                 params[option] = by_fidelity[fidelity]
         return (label, name, self.grid(model, params, loc, f"algorithm {name!r}"))
+
+    def layers_exist(self, algorithms: list, networks: list) -> None:
+        """A method that resets the last `layers` weight layers (layer resets) asks for no more than
+        the network has; networks say how many they have (`weight_layer_count()`)."""
+        for i, (_, _, points) in enumerate(algorithms):
+            for hyper, _ in points:
+                wanted = getattr(hyper, "layers", None)
+                for net, _ in networks:
+                    count = getattr(net, "weight_layer_count", None)
+                    if isinstance(wanted, int) and count is not None and wanted > count():
+                        self.error(
+                            ("algorithms", i, "layers"),
+                            f"layers = {wanted}, but the network has {count()} weight layers"
+                            f" (allowed: 0 for all of them, or 1 to {count()})",
+                        )
+                        return
 
     def unique_labels(self, algorithms: list) -> None:
         first_use: dict[str, int] = {}

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from lop_ray.algos import CBPConfig, ContinualBackprop
 from lop_ray.algos.backprop import per_seed_cross_entropy
+from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import SGD
 from lop_ray.data.class_pairs import ClassPairTasks
 from lop_ray.data.idx import DataFormatError
@@ -463,6 +464,10 @@ LEARNERS = {  # id: (network, learner settings)
     ),
     "linear": ("linear", {"step_size": 1e-5}),
     "l2_init": ("conv_net", {"algorithm": "l2_init", "l2_init": 0.5, "momentum": 0.9}),
+    "full_reset": (
+        "conv_net",
+        {"algorithm": "layer_reset", "method": LayerResetConfig(reset_period=3, layers=0)},
+    ),
 }
 
 

@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from lop_ray.algos import CBPConfig, ContinualBackprop
+from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import make_optimizer
 from lop_ray.data.cifar100 import read_cifar100
 from lop_ray.data.cifar_augment import augment, draw_augmentation, normalise
@@ -440,6 +441,8 @@ def _tiny(algorithm: str = "bp", fidelity: str = "original", **overrides) -> Inc
         perturb_scale=1e-5 if algorithm == "snp" else 0.0,
         l2_init=0.5 if algorithm == "l2_init" else 0.0,
         cbp=cbp,
+        # every 5 steps (2 epochs of 12 images: 4 resets), the last 3 weight layers with their norms
+        method=LayerResetConfig(reset_period=5, layers=3) if algorithm == "layer_reset" else None,
     )
     settings = dict(
         width=4,
@@ -532,6 +535,7 @@ def test_every_algorithm_of_a_seed_sees_the_same_class_order(splits):
 
 BATCHED = [("bp", "original"), ("head_reset", "corrected"), ("retrained_network", "original")]
 BATCHED += [("snp", "original"), ("cbp", "original"), ("cbp", "corrected"), ("l2_init", "original")]
+BATCHED += [("layer_reset", "corrected")]
 
 
 @pytest.mark.parametrize("algorithm, fidelity", BATCHED)
@@ -551,7 +555,7 @@ def test_each_seed_of_a_batch_runs_exactly_as_it_runs_alone(splits, algorithm, f
         assert [row[s] for row in rows] == [alone.run_step()[0] for _ in range(4)], seed
         for name, view in alone.state_views.items():
             assert torch.equal(batch.state_views[name].of()[s], view.of()[0]), (seed, name)
-    if algorithm == "cbp":
+    if algorithm in ("cbp", "layer_reset"):
         assert all(rows[-1][s]["replaced_units"] > 0 for s in range(2))
 
 
@@ -575,7 +579,13 @@ def test_with_onednn_kernels_a_batched_seed_agrees_with_it_alone_to_rounding(spl
 
 @pytest.mark.parametrize(
     "algorithm, fidelity",
-    [("cbp", "original"), ("cbp", "corrected"), ("retrained_network", "original"), ("snp", "original")],
+    [
+        ("cbp", "original"),
+        ("cbp", "corrected"),
+        ("retrained_network", "original"),
+        ("snp", "original"),
+        ("layer_reset", "corrected"),
+    ],
 )
 def test_resumed_between_epochs_it_continues_bit_identically(splits, algorithm, fidelity):
     config = _tiny(algorithm, fidelity)
@@ -648,6 +658,20 @@ def test_fidelity_fills_in_the_cifar_variants_options(tmp_path, prepared, fideli
     assert config.bias_correction is config.reset_optimizer_state is (not original)
     bp = config_from_trial(next(t for t in sweep.trials if t["algorithm"] == "bp"))
     assert (bp.learner.momentum, bp.learner.weight_decay, bp.step_size_decay) == (0.9, 5e-4, 0.2)
+
+
+def test_a_cifar_layer_reset_keeps_its_own_options_and_the_layers_are_checked(tmp_path, prepared):
+    path = tmp_path / "s.yaml"
+    text = TINY_SWEEP.format(name="s", data=prepared, fidelity="corrected", storage=tmp_path)
+    reset = "  - algorithm: layer_reset\n    step_size: 0.05\n    reset_period: 7\n    layers: {layers}\n"
+    path.write_text(text.replace("resources:", reset.format(layers=2) + "resources:"))
+    trial = next(t for t in load_sweep(path).trials if t["algorithm"] == "layer_reset")
+    config = config_from_trial(trial)
+    assert config.learner.method == LayerResetConfig(reset_period=7, layers=2, reset_optimizer_state=True)
+    path.write_text(text.replace("resources:", reset.format(layers=22) + "resources:"))
+    with pytest.raises(SweepError) as error:
+        load_sweep(path)
+    assert "algorithms[2].layers" in str(error.value) and "21 weight layers" in str(error.value)
 
 
 def test_bad_cifar_sweeps_are_refused_naming_the_key(tmp_path, prepared):

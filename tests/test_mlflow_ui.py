@@ -202,6 +202,8 @@ def _walk(page, runs_url: str, names: list[str], latest: dict[str, tuple[float, 
     page.get_by_role("menuitemcheckbox", name="line", exact=True).first.click()
     page.keyboard.press("Escape")
     page.locator('label:has(input[name="runs-view-mode"][value="CHART"])').click()
+    # the runs log more metrics than fit one screen, and charts out of view are not drawn: filter
+    page.get_by_placeholder("Search metric charts").first.fill("squared_error")
     for line in ("bp (step_size=0.01)", "cbp (step_size=0.01)"):
         page.get_by_text(f"{line} (squared_error)", exact=True).wait_for()
     page.get_by_text("squared_error", exact=True).first.wait_for()

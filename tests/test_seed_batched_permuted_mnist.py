@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lop_ray.algos import CBPConfig
+from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.data.shards import ImageDataset, load_dataset
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNISTExperiment
@@ -25,6 +26,11 @@ LEARNERS = {
         "optimizer": "adam",
         "step_size": 1e-3,
         "cbp": CBPConfig(replacement_rate=0.01, maturity_threshold=5, accumulate=True),
+    },
+    "layer_reset": {
+        "algorithm": "layer_reset",
+        "momentum": 0.9,
+        "method": LayerResetConfig(reset_period=25, layers=2),
     },
 }
 
@@ -56,6 +62,7 @@ def _config(
         ("bp", 80),
         ("l2", 80),
         ("cbp_adam", 80),
+        ("layer_reset", 16),
     ],
 )
 def test_each_seed_of_a_batch_gets_what_it_gets_alone(digits, name, hidden_units):
@@ -66,7 +73,7 @@ def test_each_seed_of_a_batch_gets_what_it_gets_alone(digits, name, hidden_units
     for position, seed in enumerate(seeds):
         alone = PermutedMNISTExperiment(config, digits, seeds=[seed], chunk=70)
         assert [alone.run_step()[0] for _ in range(2)] == [step[position] for step in together], seed
-    if name.startswith("cbp"):
+    if name.startswith("cbp") or name == "layer_reset":
         assert all(step["replaced_units"] > 0 for step in together[-1])
 
 

@@ -7,7 +7,10 @@ optimizer state dropped). Then `epochs_per_task` epochs over the task's 1,200 tr
 reshuffled every epoch, mini-batches of 100, SGD (momentum 0.9 in the paper) with the algorithm's
 interventions after every step. Reported per task and seed: the test accuracy after the last epoch
 (what the figures plot), the last epoch's train accuracy (mean of its online mini-batch accuracies),
-losses, the first epoch's train accuracy, and the mean weight magnitude.
+losses, the first epoch's train accuracy, and the mean weight magnitude. Beside the paper's
+(`lop_ray.plasticity_metrics`), on the task's test images (up to `PLASTICITY_PROBE`): the gradient
+norm the task starts with (output layer just zeroed), the fraction of active units and the feature
+churn, and the distance from the initial weights.
 
 The S seeds train in one network whose parameters hold all of them (`lop_ray.nets.conv_net`). Seed s
 keeps everything it has alone: its class order and epoch shuffles (`ClassPairTasks` with its seed),
@@ -33,8 +36,10 @@ from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.data.shards import ImageDataset
 from lop_ray.experiments.learner import LearnerSettings, build_learner, learner_from_trial
 from lop_ray.nets.conv_net import NETWORKS
+from lop_ray.plasticity_metrics import PlasticityProbe
 
 NUM_OUTPUTS = 2
+PLASTICITY_PROBE = 200  # the task's test images (100 per class in the paper; first class first)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class ContinualImageNetExperiment:
         self.learner, self.cbp = build_learner(
             self.net, config.learner, self.seeds, self.device, per_seed_cross_entropy
         )
+        self.plasticity = PlasticityProbe(self.net, per_seed_cross_entropy, PLASTICITY_PROBE)
         self._seed_rows = torch.arange(len(self.seeds), device=self.device).unsqueeze(1)
         self.steps_done = 0
 
@@ -81,6 +87,7 @@ class ContinualImageNetExperiment:
         task = self.steps_done
         self._start_task()
         x, y, x_test, y_test = self._task(task)
+        self.plasticity.begin_task(x_test, y_test)
         shuffles = [tasks.epoch_orders(task) for tasks in self.tasks]
         epochs, batch, size = self.config.epochs_per_task, self.config.batch_size, y.shape[1]
         batches = -(-size // batch)
@@ -127,6 +134,8 @@ class ContinualImageNetExperiment:
             if replaced is not None:
                 seed_metrics["replaced_units"] = float(replaced[s])
             metrics.append(seed_metrics)
+        for seed_metrics, plasticity in zip(metrics, self.plasticity.end_task(), strict=True):
+            seed_metrics.update(plasticity)
         return metrics
 
     def _task(self, task: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -5,7 +5,10 @@ A run trains a ResNet-18 for `epochs_per_block` epochs on the classes seen so fa
 `classes_per_block` classes of the run's class order, until all classes are in. Within a block the
 step size follows the paper's schedule and the state of the epoch with the best validation accuracy
 is kept; at each block end it is restored, measured (dormant units, ranks, weights), and only then is
-the network changed by the algorithm's reset (head resetting, retrained network), if any.
+the network changed by the algorithm's reset (head resetting, retrained network), if any. Every
+epoch also logs the plasticity metrics beside the paper's (`lop_ray.plasticity_metrics`): gradient
+norm and active units at its start, feature churn over it, distance from the initial weights at its
+end, on up to `PLASTICITY_PROBE` validation images of the classes seen so far.
 
 Seeds: one `CifarResNet18` holds every seed (grouped convolutions, `lop_ray.nets.resnet`), and each
 step feeds seed s a batch of its own images, so everything that is a seed's own stays its own: its
@@ -38,14 +41,16 @@ from lop_ray.algos.optim import reset_optimizer_entries
 from lop_ray.data.cifar_augment import augment, draw_augmentation, normalise
 from lop_ray.data.seeding import LEARNER, STREAM, generator
 from lop_ray.data.shards import ImageDataset
-from lop_ray.experiments.learner import LearnerSettings, build_learner
+from lop_ray.experiments.learner import METHODS, LearnerSettings, build_learner
 from lop_ray.metrics import rank_summaries
 from lop_ray.nets.resnet import CifarResNet18
+from lop_ray.plasticity_metrics import PlasticityProbe
 
-ALGORITHMS = ("bp", "head_reset", "retrained_network", "snp", "cbp", "l2_init")
+ALGORITHMS = ("bp", "head_reset", "retrained_network", "snp", "cbp", "l2_init", "layer_reset")
 # the step size drops by `step_size_decay` at these fractions of a block (epochs 60, 120, 160 of 200)
 MILESTONES = (0.3, 0.6, 0.8)
 DORMANT_FRACTION = 0.01
+PLASTICITY_PROBE = 100  # validation images of the plasticity metrics, every epoch
 _ORDER, _EPOCH, _PROBE, _CLASSES = 0, 1, 2, 3  # purposes of the stream's generators
 
 
@@ -144,6 +149,7 @@ class IncrementalCifarExperiment:
         # the head and network resets draw from these
         self.generators = [generator(seed, LEARNER, device=self.device) for seed in self.seeds]
         self.learner, self.cbp = build_learner(self.net, config.learner, self.seeds, self.device, self._loss)
+        self.plasticity = PlasticityProbe(self.net, self._loss, PLASTICITY_PROBE)
         self.num_seen = min(config.classes_per_block, self.num_classes)
         self.steps_done = 0
         self._new_block()
@@ -166,7 +172,9 @@ class IncrementalCifarExperiment:
         for group in self.learner.optimizer.param_groups:
             group["lr"] = step_size
         streams = [generator(seed, STREAM, _EPOCH, epoch) for seed in self.seeds]
+        self._begin_plasticity()
         train_loss, train_accuracy = self._train_epoch(streams)
+        _merge(metrics, self.plasticity.end_task())
         validation_loss, validation_accuracy = self._evaluate(
             lambda split: split.validation, cfg.validation_batch, None
         )
@@ -195,6 +203,15 @@ class IncrementalCifarExperiment:
         if self.steps_done % cfg.epochs_per_block == 0:
             _merge(metrics, self._end_block())
         return metrics
+
+    def _begin_plasticity(self) -> None:
+        """The plasticity metrics' probe: up to `PLASTICITY_PROBE` validation images of the classes
+        seen so far, evenly spread over them (the validation images are class by class)."""
+        indices = self._indices(lambda split: split.validation)
+        stride = max(1, indices.shape[1] // PLASTICITY_PROBE)
+        chosen = indices[:, ::stride][:, :PLASTICITY_PROBE]
+        x = self._batch(self.train_images, chosen, None)
+        self.plasticity.begin_task(x, self.train_labels.gather(1, chosen.to(self.device)))
 
     def _indices(self, parts: Parts, classes: range | int | None = None) -> torch.Tensor:
         """(S, n): each seed's images of `parts` of `classes` (default: those seen so far)."""
@@ -465,13 +482,17 @@ def config_from_trial(trial: dict[str, Any]) -> IncrementalCifarConfig:
     settings, network = trial["problem_settings"], trial["network"]
     hyper = dict(trial["hyperparameters"])
     resets = {k: hyper.pop(k) for k in ("reset_bn_stats",) if k in hyper}
-    if trial["algorithm"] != "cbp" and "reset_optimizer_state" in hyper:
+    method = METHODS.get(trial["algorithm"])  # CBP, layer resets: the intervention's own options
+    if method is None and "reset_optimizer_state" in hyper:  # the increment's resets
         resets["reset_optimizer_state"] = hyper.pop("reset_optimizer_state")
     step_size_decay = hyper.pop("step_size_decay")
-    cbp = None
-    if trial["algorithm"] == "cbp":
-        keys = CBPConfig.__dataclass_fields__
-        cbp = CBPConfig(**{k: hyper.pop(k) for k in list(hyper) if k in keys})
+    config = None
+    if method is not None:
+        keys = method.config.__dataclass_fields__
+        config = method.config(**{k: hyper.pop(k) for k in list(hyper) if k in keys})
+    cbp = config if isinstance(config, CBPConfig) else None
+    if cbp is None and config is not None:
+        hyper["method"] = config
     return IncrementalCifarConfig(
         width=network["width"],
         classes_per_block=settings["classes_per_block"],

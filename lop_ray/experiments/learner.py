@@ -24,6 +24,7 @@ from lop_ray.algos import (
     make_optimizer,
 )
 from lop_ray.algos.counter_rng import seed_keys
+from lop_ray.algos.layer_reset import LayerReset, LayerResetConfig
 from lop_ray.algos.redo import ReDo, ReDoConfig
 from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.nets.mlp import MLP
@@ -70,9 +71,16 @@ def _redo(net, optimizer, config, seeds, device, keys) -> ReDo:
     return ReDo(net.unit_groups(), optimizer, config, generators)
 
 
+def _layer_reset(net, optimizer, config, seeds, device, keys) -> LayerReset:
+    # CPU generators: a reset redraws as the network's constructor drew, on the CPU
+    generators = [generator(seed, LEARNER, LayerReset.stream) for seed in seeds]
+    return LayerReset(net.weight_layers(), optimizer, config, generators)
+
+
 METHODS: dict[str, Method] = {
     "cbp": Method(CBPConfig, _continual_backprop),
     "redo": Method(ReDoConfig, _redo),
+    "layer_reset": Method(LayerResetConfig, _layer_reset),
 }
 
 

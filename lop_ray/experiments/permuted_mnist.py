@@ -3,6 +3,9 @@
 Before training on a task, the network's hidden units are measured on the task's first
 `probe_examples` examples (dead units, ranks); then every example is seen once at batch size 1, the
 prediction scored before the update (online accuracy); at the task's end the weight magnitudes.
+Beside the paper's (`lop_ray.plasticity_metrics`): the gradient norm the task starts with, the
+fraction of active units and the feature churn on (up to `PLASTICITY_PROBE` of) the same probe
+examples, and the distance from the initial weights.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from lop_ray.data.shards import ImageDataset
 from lop_ray.experiments.learner import LearnerSettings, build_learner, initial_mlp, learner_from_trial
 from lop_ray.metrics import dead_units, rank_summaries
 from lop_ray.nets.losses import per_seed_cross_entropy
+from lop_ray.plasticity_metrics import PlasticityProbe
 
 RANK_METRICS = ("effective_rank", "approximate_rank", "abs_approximate_rank", "rank")
+PLASTICITY_PROBE = 500  # probe examples of the gradient norm and churn: a small share of a task's cost
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class PermutedMNISTExperiment:
         self.learner, self.cbp = build_learner(
             self.net, config.learner, self.seeds, self.device, per_seed_cross_entropy
         )
+        self.plasticity = PlasticityProbe(self.net, per_seed_cross_entropy, PLASTICITY_PROBE)
         self.steps_done = 0
 
     def run_step(self) -> list[dict[str, float]]:
@@ -100,15 +106,21 @@ class PermutedMNISTExperiment:
             )
             if self.cbp is not None:
                 seed_metrics["replaced_units"] = float(self.cbp.replaced_total[s])
+        for seed_metrics, plasticity in zip(metrics, self.plasticity.end_task(), strict=True):
+            seed_metrics.update(plasticity)
         return metrics
 
     def _probe(self, task: int) -> list[dict[str, float]]:
-        """Each seed's units measured on its own new task's first examples, before training."""
-        probes = [stream.probe(task, self.config.probe_examples)[0] for stream in self.streams]
+        """Each seed's units measured on its own new task's first examples, before training (and the
+        plasticity metrics' first half, on the first `PLASTICITY_PROBE` of them)."""
+        probes = [stream.probe(task, self.config.probe_examples) for stream in self.streams]
+        x = torch.stack([probe_x for probe_x, _ in probes])
         self.net.eval()  # no dropout, no update of online normalisation's statistics
         with torch.no_grad():
-            _, activations = self.net(torch.stack(probes))  # (S, examples, units) per layer
+            _, activations = self.net(x)  # (S, examples, units) per layer
         self.net.train()
+        y = torch.stack([probe_y for _, probe_y in probes]).to(x.device)
+        self.plasticity.begin_task(x, y)
         return [probe_metrics([h[s] for h in activations]) for s in range(len(self.seeds))]
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """Slowly-changing regression, one step of the trainable = `examples_per_step` online examples of
-every seed of the trial, all seeds in one `MLP` (see `lop_ray.nets.mlp` for why this is fast)."""
+every seed of the trial, all seeds in one `MLP` (see `lop_ray.nets.mlp` for why this is fast).
+
+Beside the paper's squared error, every step logs the plasticity metrics (`lop_ray.plasticity_metrics`)
+on its first `PLASTICITY_PROBE` examples: gradient norm and active units before the step's learning,
+feature churn over it, distance from the initial weights after it."""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ import torch
 from lop_ray.data.regression import RegressionSettings, RegressionStream
 from lop_ray.experiments.learner import LearnerSettings, build_learner, initial_mlp, learner_from_trial
 from lop_ray.nets.losses import per_seed_mse
+from lop_ray.plasticity_metrics import PlasticityProbe
+
+PLASTICITY_PROBE = 500  # the step's first examples, on which the plasticity metrics are measured
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class RegressionExperiment:
         sizes = [config.problem.num_inputs, *([config.hidden_units] if config.hidden_units else []), 1]
         self.net = initial_mlp(sizes, config.activation, self.seeds).to(self.device)
         self.learner, self.cbp = build_learner(self.net, settings, self.seeds, self.device, per_seed_mse)
+        self.plasticity = PlasticityProbe(self.net, per_seed_mse, PLASTICITY_PROBE)
         self.steps_done = 0
 
     def run_step(self) -> list[dict[str, float]]:
@@ -54,6 +62,8 @@ class RegressionExperiment:
         # the per-step kernels read dense memory instead of S rows strided by n
         x = torch.stack([t[0] for t in taken], dim=1).unsqueeze(2).to(self.device)
         y = torch.stack([t[1] for t in taken], dim=1).unsqueeze(2).to(self.device)
+        probe = slice(0, PLASTICITY_PROBE)  # (S, examples, …): the step's first examples, seed first
+        self.plasticity.begin_task(x[probe, :, 0].transpose(0, 1), y[probe, :, 0].transpose(0, 1))
         learn = self.learner.learn
         losses = [learn(xi, yi)[0] for xi, yi in zip(x, y, strict=True)]
         self.steps_done += 1
@@ -69,6 +79,8 @@ class RegressionExperiment:
         if self.cbp is not None:
             for seed_metrics, replaced in zip(metrics, self.cbp.replaced_total.tolist(), strict=True):
                 seed_metrics["replaced_units"] = float(replaced)
+        for seed_metrics, plasticity in zip(metrics, self.plasticity.end_task(), strict=True):
+            seed_metrics.update(plasticity)
         return metrics
 
     def state_dict(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lop_ray.nets.seed_linear import SeedLinear
-from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork
+from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer
 
 IMAGE_SHAPE = (3, 32, 32)
 CONV_SHAPES = ((32, 3, 5, 5), (64, 32, 3, 3), (128, 64, 3, 3))  # (out, in, k, k)
@@ -67,6 +67,16 @@ def _check_generators(generators: Sequence[torch.Generator]) -> int:
     if len(generators) == 0:
         raise ValueError("a network needs one generator per seed, got none")
     return len(generators)
+
+
+def _default_layers(names: Sequence[str], layers: Sequence[nn.Module]) -> list[WeightLayer]:
+    """Layers initialised by `default_init`, each with its draw (for layer and full resets)."""
+    listed = []
+    for name, layer in zip(names, layers, strict=True):
+        weight, bias = layer.views()
+        shape = weight.shape[1:]
+        listed.append(WeightLayer(name, weight, bias, lambda g, shape=shape: default_init(shape, g)))
+    return listed
 
 
 class ConvNet(UnitNetwork):
@@ -160,6 +170,10 @@ class ConvNet(UnitNetwork):
     def parameter_views(self) -> list[SeedView]:
         return [view for layer in (*self.convs, self.fc1, self.fc2, self.fc3) for view in layer.views()]
 
+    def weight_layers(self) -> list[WeightLayer]:
+        layers = (*self.convs, self.fc1, self.fc2, self.fc3)
+        return _default_layers(("conv1", "conv2", "conv3", "fc1", "fc2", "output"), layers)
+
 
 class LinearNet(UnitNetwork):
     """The linear baseline, 3072 → 2 on the raw pixels, S seeds: no hidden units, nothing for CBP."""
@@ -185,6 +199,9 @@ class LinearNet(UnitNetwork):
 
     def parameter_views(self) -> list[SeedView]:
         return self.fc.views()
+
+    def weight_layers(self) -> list[WeightLayer]:
+        return _default_layers(("output",), (self.fc,))
 
 
 NETWORKS: dict[str, type[UnitNetwork]] = {"conv_net": ConvNet, "linear": LinearNet}

@@ -31,7 +31,7 @@ from lop_ray.nets.mlp_gradients import DERIVATIVES
 from lop_ray.nets.one_example_kernel import ACTIVATION_CODES, one_hidden_layer_squared_error
 from lop_ray.nets.online_norm import OnlineNorm
 from lop_ray.nets.seed_linear import SeedLinear
-from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, norm_entries
+from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer, norm_entries
 
 _MSE = (F.mse_loss, per_seed_mse)
 _CROSS_ENTROPY = (F.cross_entropy, per_seed_cross_entropy)
@@ -141,6 +141,25 @@ class MLP(UnitNetwork):
 
     def parameter_views(self) -> list[SeedView]:
         return [SeedView.whole(p) for p in self.parameters()]
+
+    def weight_layers(self) -> list[WeightLayer]:
+        """Each linear layer with its constructor's draw (hidden: the activation's Kaiming-uniform,
+        output: the linear gain; biases 0); a hidden layer's online norm belongs to its output."""
+        last = len(self.layers) - 1
+        listed = []
+        for i, layer in enumerate(self.layers):
+            fan_out, fan_in = layer.weight.shape[1:]
+            activation = self.activation_name if i < last else "linear"
+
+            def draw(g, fan_in=fan_in, fan_out=fan_out, activation=activation):
+                return _initial_weight(fan_in, fan_out, activation, g), torch.zeros(fan_out)
+
+            norm = norm_entries(self.norms[i], self.num_seeds) if self.norms is not None and i < last else ()
+            name = f"hidden{i}" if i < last else "output"
+            listed.append(
+                WeightLayer(name, SeedView.whole(layer.weight), SeedView.whole(layer.bias), draw, norm)
+            )
+        return listed
 
     @property
     def weights(self) -> list[nn.Parameter]:

@@ -30,7 +30,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from lop_ray.nets.seed_linear import SeedLinear
-from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, norm_entries
+from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer, norm_entries
 
 PAPER_WIDTH = 64
 Generators = Sequence[torch.Generator | None]
@@ -165,6 +165,32 @@ class CifarResNet18(UnitNetwork):
             SeedView.whole(p) if id(p) in head else SeedView.split(p, self.seeds) for p in self.parameters()
         ]
 
+    def weight_layers(self) -> list[WeightLayer]:
+        """Every conv with its BN (γ = 1, β = 0, fresh statistics) in module order, the 1×1
+        downsample convs included, then the fc: `reinitialize`'s draws, one layer at a time."""
+        seeds = self.seeds
+        pairs = [(self.resnet.conv1, self.resnet.bn1)]
+        for block in self.blocks:
+            pairs += [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+            if block.downsample is not None:
+                pairs.append((block.downsample[0], block.downsample[1]))
+        listed = []
+        for i, (conv, norm) in enumerate(pairs):
+            weight = SeedView.split(conv.weight, seeds)
+            listed.append(
+                WeightLayer(
+                    f"conv{i}",
+                    weight,
+                    SeedView.split(conv.bias, seeds),
+                    functools.partial(_kaiming_draw, weight.shape[1:], "relu"),
+                    norm_entries(norm, seeds),
+                )
+            )
+        head = SeedView.whole(self.fc.weight)
+        draw = functools.partial(_kaiming_draw, head.shape[1:], "linear")
+        listed.append(WeightLayer("output", head, SeedView.whole(self.fc.bias), draw))
+        return listed
+
     def seed_state_views(self) -> dict[str, SeedView]:
         """Every entry of `state_dict()` that belongs to one seed, by name, with its seed axis:
         parameters, BN running means and variances. BN's `num_batches_tracked` counts the batches of
@@ -174,6 +200,15 @@ class CifarResNet18(UnitNetwork):
             if not name.endswith("num_batches_tracked"):
                 views[name] = SeedView.split(buffer, self.seeds)
         return views
+
+
+def _kaiming_draw(
+    shape: tuple[int, ...], nonlinearity: str, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seed's layer as `reinitialize` draws it: Kaiming normal (fan-in), bias 0."""
+    weight = torch.empty(shape)
+    nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity=nonlinearity, generator=generator)
+    return weight, torch.zeros(shape[0])
 
 
 def _seed_channels(seeds: int, h: torch.Tensor) -> torch.Tensor:

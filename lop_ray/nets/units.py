@@ -164,6 +164,25 @@ class UnitGroup:
         return per_column.reshape(seeds, self.width, self.fan_out_per_unit).mean(dim=2)
 
 
+@dataclass(frozen=True)
+class WeightLayer:
+    """One weight layer of a network, with the draw that initialised it, so that a reset returns it
+    to its initial *distribution* (layer and full resets, Nikishin et al. 2022) without knowing how
+    each network initialises.
+
+    `weight` (S, …) and `bias` (S, …) are seed-first views of the layer's parameters; `draw(g)`
+    returns one seed's fresh (weight, bias) in those per-seed shapes, drawn on the CPU from `g` as the
+    network's constructor draws them; `norm` lists the entries of a norm layer that belongs to this
+    layer's output and the values a fresh layer gets.
+    """
+
+    name: str
+    weight: SeedView
+    bias: SeedView | None
+    draw: Callable[[torch.Generator | None], tuple[torch.Tensor, torch.Tensor | None]]
+    norm: tuple[NormEntry, ...] = ()
+
+
 def norm_entries(norm: nn.Module, seeds: int = 1) -> tuple[NormEntry, ...]:
     """The per-unit entries of a batch norm over S·width channels (or of any norm that lists its
     own: `unit_entries()` → {tensor name: fresh value}). An entry is (S·width,), S blocks of
@@ -196,3 +215,11 @@ class UnitNetwork(nn.Module, abc.ABC):
         """Every parameter with its seed axis, in `parameters()` order (what shrink-and-perturb
         perturbs per seed). A network of one seed's modules: each parameter as S = 1."""
         return [SeedView.split(p) for p in self.parameters()]
+
+    def weight_layers(self) -> list[WeightLayer]:
+        """Every weight layer in forward order, the output layer last (what layer and full resets
+        redraw). A network that does not list them cannot be reset layer by layer."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not list its weight layers (weight_layers()), so layer and full"
+            " resets cannot run on it"
+        )

@@ -31,6 +31,9 @@ class ContinualImageNetNetwork(Strict):
     # conv_net: the paper's conv net; linear: the 3072 → 2 baseline, reset at every task
     architecture: Literal["conv_net", "linear"] = "conv_net"
 
+    def weight_layer_count(self) -> int:
+        return 6 if self.architecture == "conv_net" else 1
+
 
 class ImageNetContinualBackprop(ContinualBackprop):
     """CBP on the conv net. The original's conv variant always accumulates its replacement count,

@@ -12,7 +12,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from lop_ray.algos.cbp import InitDistribution, InitScheme, ReplacementBase, UtilityAverage
+from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.problems.base import Count, ProblemSpec, Rate, Real, Strict, prepared_data
+
+_LAYER_RESET = LayerResetConfig()
 
 
 class IncrementalCifarProblem(Strict):
@@ -32,6 +35,9 @@ class IncrementalCifarProblem(Strict):
 
 class IncrementalCifarNetwork(Strict):
     width: Count = Field(64, ge=1)  # ResNet-18's base width: 64 in the paper (narrower for tests)
+
+    def weight_layer_count(self) -> int:
+        return 21  # the stem, 16 block convs, 3 downsampling convs, the output layer
 
 
 class CifarSGD(Strict):
@@ -76,6 +82,15 @@ class L2Init(CifarSGD):
     l2_init: Real = Field(gt=0)
 
 
+class LayerReset(CifarSGD):
+    """Layer and full resets (Nikishin et al. 2022, docs/methods.md): every `reset_period` optimizer
+    steps the last `layers` weight layers (0: all of them, with their batch norms) are redrawn."""
+
+    reset_period: Count = Field(_LAYER_RESET.reset_period, ge=1)  # optimizer (minibatch) steps
+    layers: Count = Field(_LAYER_RESET.layers, ge=0)  # the last `layers`; 0: a full reset
+    reset_optimizer_state: bool = _LAYER_RESET.reset_optimizer_state
+
+
 class ShrinkAndPerturb(CifarSGD):
     perturb_scale: Real = Field(1e-5, gt=0)  # on every parameter, BN's γ and β included
 
@@ -115,6 +130,7 @@ INCREMENTAL_CIFAR = ProblemSpec(
         "snp": ShrinkAndPerturb,
         "cbp": ContinualBackprop,
         "l2_init": L2Init,
+        "layer_reset": LayerReset,
     },
     steps_for=lambda settings, num_tasks: num_tasks * settings.epochs_per_block,  # one step = one epoch
     trainable="lop_ray.trainables.incremental_cifar:IncrementalCifarTrainable",

@@ -7,11 +7,13 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 
 from lop_ray.algos.cbp import CBPConfig, InitScheme, ReplacementBase, UtilType
+from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.redo import ReDoConfig
 from lop_ray.problems.base import Count, OptimizerHyperparameters, Rate, Real, Strict
 
 _CBP = CBPConfig()
 _REDO = ReDoConfig()
+_LAYER_RESET = LayerResetConfig()
 
 
 class BP(OptimizerHyperparameters):
@@ -72,6 +74,17 @@ class ReDo(ReDoHyperparameters, OptimizerHyperparameters):
     pass
 
 
+class LayerReset(OptimizerHyperparameters):
+    """Layer and full resets (Nikishin et al. 2022, docs/methods.md): every `reset_period` optimizer
+    steps the last `layers` weight layers (0: all of them) are redrawn from their initial
+    distribution."""
+
+    weight_decay: Real = Field(0.0, ge=0)
+    reset_period: Count = Field(_LAYER_RESET.reset_period, ge=1)  # optimizer (minibatch) steps
+    layers: Count = Field(_LAYER_RESET.layers, ge=0)  # the last `layers`; 0: a full reset
+    reset_optimizer_state: bool = _LAYER_RESET.reset_optimizer_state
+
+
 SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "bp": BP,
     "l2": L2,
@@ -79,4 +92,5 @@ SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "snp": ShrinkAndPerturb,
     "cbp": ContinualBackprop,
     "redo": ReDo,
+    "layer_reset": LayerReset,
 }

@@ -40,6 +40,9 @@ class PermutedMNISTNetwork(Strict):
     dropout: Real = Field(0.0, ge=0, lt=1)  # of every hidden layer's output, in training
     online_norm: bool = False  # online normalisation (Chiley et al. 2019) of every hidden layer
 
+    def weight_layer_count(self) -> int:
+        return self.hidden_layers + 1
+
 
 PERMUTED_MNIST = ProblemSpec(
     name="permuted_mnist",

@@ -37,6 +37,9 @@ class RegressionNetwork(Strict):
     activation: Literal[tuple(ACTIVATIONS)] = "relu"  # type: ignore[valid-type]
     hidden_units: Count = Field(5, ge=0)  # 0: the linear learner
 
+    def weight_layer_count(self) -> int:
+        return 2 if self.hidden_units else 1
+
 
 def regression_steps(settings: RegressionProblem, num_tasks: int) -> int:
     per_step = settings.examples_per_step or settings.flip_after
