@@ -371,7 +371,8 @@ class _Validator:
 
     def layers_exist(self, algorithms: list, networks: list) -> None:
         """A method that resets the last `layers` weight layers (layer resets) asks for no more than
-        the network has; networks say how many they have (`weight_layer_count()`)."""
+        the network has, and one that regularises the hidden layers (Parseval) has some; networks
+        say how many weight layers they have (`weight_layer_count()`)."""
         for i, (_, _, points) in enumerate(algorithms):
             for hyper, _ in points:
                 wanted = getattr(hyper, "layers", None)
@@ -382,6 +383,13 @@ class _Validator:
                             ("algorithms", i, "layers"),
                             f"layers = {wanted}, but the network has {count()} weight layers"
                             f" (allowed: 0 for all of them, or 1 to {count()})",
+                        )
+                        return
+                    if getattr(hyper, "parseval_strength", None) and count is not None and count() < 2:
+                        self.error(
+                            ("algorithms", i, "algorithm"),
+                            "parseval regularises the hidden weight layers, and this network has none"
+                            " (allowed: a network with a hidden layer)",
                         )
                         return
 

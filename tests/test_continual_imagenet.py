@@ -23,6 +23,7 @@ from lop_ray.algos import CBPConfig, ContinualBackprop
 from lop_ray.algos.backprop import per_seed_cross_entropy
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import SGD
+from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.data.class_pairs import ClassPairTasks
 from lop_ray.data.idx import DataFormatError
 from lop_ray.data.imagenet32 import read_imagenet32
@@ -468,6 +469,7 @@ LEARNERS = {  # id: (network, learner settings)
         "conv_net",
         {"algorithm": "layer_reset", "method": LayerResetConfig(reset_period=3, layers=0)},
     ),
+    "parseval": ("conv_net", {"algorithm": "parseval", "method": ParsevalConfig(parseval_strength=0.01)}),
 }
 
 

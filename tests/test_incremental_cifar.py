@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from lop_ray.algos import CBPConfig, ContinualBackprop
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import make_optimizer
+from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.data.cifar100 import read_cifar100
 from lop_ray.data.cifar_augment import augment, draw_augmentation, normalise
 from lop_ray.data.idx import DataFormatError
@@ -442,7 +443,10 @@ def _tiny(algorithm: str = "bp", fidelity: str = "original", **overrides) -> Inc
         l2_init=0.5 if algorithm == "l2_init" else 0.0,
         cbp=cbp,
         # every 5 steps (2 epochs of 12 images: 4 resets), the last 3 weight layers with their norms
-        method=LayerResetConfig(reset_period=5, layers=3) if algorithm == "layer_reset" else None,
+        method={
+            "layer_reset": LayerResetConfig(reset_period=5, layers=3),
+            "parseval": ParsevalConfig(parseval_strength=0.01),
+        }.get(algorithm),
     )
     settings = dict(
         width=4,
@@ -535,7 +539,7 @@ def test_every_algorithm_of_a_seed_sees_the_same_class_order(splits):
 
 BATCHED = [("bp", "original"), ("head_reset", "corrected"), ("retrained_network", "original")]
 BATCHED += [("snp", "original"), ("cbp", "original"), ("cbp", "corrected"), ("l2_init", "original")]
-BATCHED += [("layer_reset", "corrected")]
+BATCHED += [("layer_reset", "corrected"), ("parseval", "corrected")]
 
 
 @pytest.mark.parametrize("algorithm, fidelity", BATCHED)

@@ -9,6 +9,7 @@ import torch
 
 from lop_ray.algos import CBPConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
+from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.data.shards import ImageDataset, load_dataset
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNISTExperiment
@@ -32,6 +33,7 @@ LEARNERS = {
         "momentum": 0.9,
         "method": LayerResetConfig(reset_period=25, layers=2),
     },
+    "parseval": {"algorithm": "parseval", "method": ParsevalConfig(parseval_strength=0.01)},
 }
 
 
@@ -63,6 +65,8 @@ def _config(
         ("l2", 80),
         ("cbp_adam", 80),
         ("layer_reset", 16),
+        ("parseval", 16),
+        ("parseval", 80),
     ],
 )
 def test_each_seed_of_a_batch_gets_what_it_gets_alone(digits, name, hidden_units):

@@ -2,7 +2,9 @@
 
 Interventions (continual backprop, ReDo, shrink-and-perturb) attach after the optimizer step, in the
 order given, and see the hidden activations of the same forward pass; the learner does not know which
-ones it runs (spec/algorithms.md: CBP / ReDo, then shrink-and-perturb).
+ones it runs (spec/algorithms.md: CBP / ReDo, then shrink-and-perturb). An intervention that also has
+`add_gradient(params, grads)` (a regulariser: Parseval) adds its term to the loss gradient before the
+step; a step whose SGD update would be fused into the backward pass is then not fused.
 
 A network may carry S seeds (parameters with a leading seed axis, `lop_ray.nets.units`); its loss
 function then returns one loss per seed, (S,), and the gradient is that of their sum: seeds share no
@@ -54,10 +56,12 @@ class Backprop:
             a is b for a, b in zip(self._params, net.parameters(), strict=False)
         )
         self._hand_gradients = getattr(net, "loss_and_gradients", None) if same_order else None
+        self._gradient_terms = [i.add_gradient for i in self.interventions if hasattr(i, "add_gradient")]
         # a stateless SGD update may be fused into the backward pass (large seed-batched layers)
         stateless = getattr(optimizer, "stateless_update", None)
         fused = getattr(net, "fused_sgd_step", None)
-        self._fused_sgd = (fused, stateless) if same_order and fused and stateless else None
+        fusable = same_order and fused and stateless and not self._gradient_terms
+        self._fused_sgd = (fused, stateless) if fusable else None
 
     def learn(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on (x, y). Returns the loss and output of the forward pass *before* the update."""
@@ -77,6 +81,10 @@ class Backprop:
             activations = [h.detach() for h in activations]
         else:  # computed under no_grad: nothing to detach (each detach is a dispatch per step)
             loss, output, activations, grads = computed
+        if self._gradient_terms:
+            grads = list(grads)
+            for add_gradient in self._gradient_terms:
+                add_gradient(self._params, grads)
         self._apply(grads)
         self._intervene(activations)
         return loss, output

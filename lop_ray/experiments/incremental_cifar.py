@@ -46,7 +46,7 @@ from lop_ray.metrics import rank_summaries
 from lop_ray.nets.resnet import CifarResNet18
 from lop_ray.plasticity_metrics import PlasticityProbe
 
-ALGORITHMS = ("bp", "head_reset", "retrained_network", "snp", "cbp", "l2_init", "layer_reset")
+ALGORITHMS = ("bp", "head_reset", "retrained_network", "snp", "cbp", "l2_init", "layer_reset", "parseval")
 # the step size drops by `step_size_decay` at these fractions of a block (epochs 60, 120, 160 of 200)
 MILESTONES = (0.3, 0.6, 0.8)
 DORMANT_FRACTION = 0.01

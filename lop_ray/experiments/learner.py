@@ -25,6 +25,7 @@ from lop_ray.algos import (
 )
 from lop_ray.algos.counter_rng import seed_keys
 from lop_ray.algos.layer_reset import LayerReset, LayerResetConfig
+from lop_ray.algos.parseval import ParsevalConfig, ParsevalRegularisation
 from lop_ray.algos.redo import ReDo, ReDoConfig
 from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.nets.mlp import MLP
@@ -77,10 +78,15 @@ def _layer_reset(net, optimizer, config, seeds, device, keys) -> LayerReset:
     return LayerReset(net.weight_layers(), optimizer, config, generators)
 
 
+def _parseval(net, optimizer, config, seeds, device, keys) -> ParsevalRegularisation:
+    return ParsevalRegularisation(net.weight_layers(), config)
+
+
 METHODS: dict[str, Method] = {
     "cbp": Method(CBPConfig, _continual_backprop),
     "redo": Method(ReDoConfig, _redo),
     "layer_reset": Method(LayerResetConfig, _layer_reset),
+    "parseval": Method(ParsevalConfig, _parseval),
 }
 
 
@@ -119,7 +125,8 @@ def build_learner(
         if config is not None:
             method = next(m for m in METHODS.values() if isinstance(config, m.config))
             interventions.append(method.attach(net, optimizer, config, seeds, device, keys))
-            replacer = interventions[-1]
+            if hasattr(interventions[-1], "replaced_total"):  # it replaces units (or layers)
+                replacer = interventions[-1]
     if settings.perturb_scale > 0:
         # a large network's noise comes from a generator per seed (`ShrinkAndPerturb`), its own
         noise = [generator(seed, LEARNER, ShrinkAndPerturb.stream, device=device) for seed in seeds]

@@ -91,6 +91,13 @@ class LayerReset(CifarSGD):
     reset_optimizer_state: bool = _LAYER_RESET.reset_optimizer_state
 
 
+class Parseval(CifarSGD):
+    """Parseval regularisation (Chung et al. 2024, docs/methods.md) of every conv, beside the decay."""
+
+    parseval_strength: Real = Field(1e-3, gt=0)  # λ
+    parseval_scale: Real = Field(1.0, gt=0)  # s
+
+
 class ShrinkAndPerturb(CifarSGD):
     perturb_scale: Real = Field(1e-5, gt=0)  # on every parameter, BN's γ and β included
 
@@ -131,6 +138,7 @@ INCREMENTAL_CIFAR = ProblemSpec(
         "cbp": ContinualBackprop,
         "l2_init": L2Init,
         "layer_reset": LayerReset,
+        "parseval": Parseval,
     },
     steps_for=lambda settings, num_tasks: num_tasks * settings.epochs_per_block,  # one step = one epoch
     trainable="lop_ray.trainables.incremental_cifar:IncrementalCifarTrainable",

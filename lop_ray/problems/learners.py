@@ -8,12 +8,14 @@ from pydantic import BaseModel, Field
 
 from lop_ray.algos.cbp import CBPConfig, InitScheme, ReplacementBase, UtilType
 from lop_ray.algos.layer_reset import LayerResetConfig
+from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.algos.redo import ReDoConfig
 from lop_ray.problems.base import Count, OptimizerHyperparameters, Rate, Real, Strict
 
 _CBP = CBPConfig()
 _REDO = ReDoConfig()
 _LAYER_RESET = LayerResetConfig()
+_PARSEVAL = ParsevalConfig()
 
 
 class BP(OptimizerHyperparameters):
@@ -85,6 +87,19 @@ class LayerReset(OptimizerHyperparameters):
     reset_optimizer_state: bool = _LAYER_RESET.reset_optimizer_state
 
 
+class ParsevalHyperparameters(Strict):
+    """Parseval regularisation (Chung et al. 2024, docs/methods.md): λ Σ‖WWᵀ − sI‖²_F over the hidden
+    weight layers added to the loss."""
+
+    weight_decay: Real = Field(0.0, ge=0)
+    parseval_strength: Real = Field(_PARSEVAL.parseval_strength, gt=0)  # λ
+    parseval_scale: Real = Field(_PARSEVAL.parseval_scale, gt=0)  # s
+
+
+class Parseval(ParsevalHyperparameters, OptimizerHyperparameters):
+    pass
+
+
 SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "bp": BP,
     "l2": L2,
@@ -93,4 +108,5 @@ SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "cbp": ContinualBackprop,
     "redo": ReDo,
     "layer_reset": LayerReset,
+    "parseval": Parseval,
 }
