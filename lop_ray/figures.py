@@ -135,6 +135,21 @@ def _cifar_panel(metric: str, ylabel: str, **kwargs: Any) -> Panel:
     return Panel(metric, ylabel, "classes", "number of classes", None, x_of=_classes_learnt, **kwargs)
 
 
+def _plasticity(x: str, xlabel: str, bin_x: int | BinRule | None, band: str = "se") -> Figure:
+    """The metrics beside the paper's (docs/methods.md, "Metrics"), for comparing methods."""
+    return Figure(
+        "plasticity",
+        "gradient norm, distance from the initial weights, active units, feature churn (docs/methods.md)",
+        (
+            Panel("gradient_norm", "gradient norm at the task's start", x, xlabel, bin_x),
+            Panel("distance_from_init", "‖θ − θ₀‖₂", x, xlabel, bin_x),
+            Panel("active_fraction", "active units (%)", x, xlabel, bin_x, scale=lambda t: 100.0),
+            Panel("feature_churn", "feature churn over the task", x, xlabel, bin_x),
+        ),
+        band=band,
+    )
+
+
 FIGURES: dict[str, dict[str, Figure]] = {
     "slowly_changing_regression": {
         "error": Figure(
@@ -145,6 +160,7 @@ FIGURES: dict[str, dict[str, Figure]] = {
             shared=_linear_regression,
             relabel=lambda t: "linear" if _linear_regression(t) else None,
         ),
+        "plasticity": _plasticity("examples", "examples", _regression_bin),
     },
     "permuted_mnist": {
         "accuracy": Figure(
@@ -167,6 +183,7 @@ FIGURES: dict[str, dict[str, Figure]] = {
                 ),
             ),
         ),
+        "plasticity": _plasticity("tasks", "task", None),
     },
     "continual_imagenet": {
         "accuracy": Figure(
@@ -185,6 +202,7 @@ FIGURES: dict[str, dict[str, Figure]] = {
             ),
             relabel=lambda t: "linear" if _linear_imagenet(t) else None,
         ),
+        "plasticity": _plasticity("tasks", "task", 50),
     },
     "incremental_cifar": {
         "accuracy": Figure(
@@ -212,6 +230,7 @@ FIGURES: dict[str, dict[str, Figure]] = {
                 ),
             ),
         ),
+        "plasticity": _plasticity("epochs", "epoch", 20),
     },
     "rl": {
         "return": Figure(

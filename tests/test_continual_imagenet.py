@@ -24,6 +24,8 @@ from lop_ray.algos.backprop import per_seed_cross_entropy
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import SGD
 from lop_ray.algos.parseval import ParsevalConfig
+from lop_ray.algos.snr import SNRConfig
+from lop_ray.algos.upgd import UPGDConfig
 from lop_ray.data.class_pairs import ClassPairTasks
 from lop_ray.data.idx import DataFormatError
 from lop_ray.data.imagenet32 import read_imagenet32
@@ -470,6 +472,8 @@ LEARNERS = {  # id: (network, learner settings)
         {"algorithm": "layer_reset", "method": LayerResetConfig(reset_period=3, layers=0)},
     ),
     "parseval": ("conv_net", {"algorithm": "parseval", "method": ParsevalConfig(parseval_strength=0.01)}),
+    "snr": ("conv_net", {"algorithm": "snr", "method": SNRConfig(init="default")}),  # the net's own init
+    "upgd": ("conv_net", {"algorithm": "upgd", "optimizer": "upgd", "upgd": UPGDConfig(sigma=0.01)}),
 }
 
 

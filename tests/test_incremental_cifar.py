@@ -22,6 +22,8 @@ from lop_ray.algos import CBPConfig, ContinualBackprop
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import make_optimizer
 from lop_ray.algos.parseval import ParsevalConfig
+from lop_ray.algos.snr import SNRConfig
+from lop_ray.algos.upgd import UPGDConfig
 from lop_ray.data.cifar100 import read_cifar100
 from lop_ray.data.cifar_augment import augment, draw_augmentation, normalise
 from lop_ray.data.idx import DataFormatError
@@ -436,6 +438,8 @@ def _tiny(algorithm: str = "bp", fidelity: str = "original", **overrides) -> Inc
         )
     learner = LearnerSettings(
         algorithm=algorithm,
+        optimizer="upgd" if algorithm == "upgd" else "sgd",
+        upgd=UPGDConfig(sigma=0.01) if algorithm == "upgd" else None,
         step_size=0.05,
         momentum=0.9,
         weight_decay=5e-4,
@@ -446,6 +450,7 @@ def _tiny(algorithm: str = "bp", fidelity: str = "original", **overrides) -> Inc
         method={
             "layer_reset": LayerResetConfig(reset_period=5, layers=3),
             "parseval": ParsevalConfig(parseval_strength=0.01),
+            "snr": SNRConfig(rejection_percentile=0.9, init="kaiming"),
         }.get(algorithm),
     )
     settings = dict(
@@ -539,7 +544,12 @@ def test_every_algorithm_of_a_seed_sees_the_same_class_order(splits):
 
 BATCHED = [("bp", "original"), ("head_reset", "corrected"), ("retrained_network", "original")]
 BATCHED += [("snp", "original"), ("cbp", "original"), ("cbp", "corrected"), ("l2_init", "original")]
-BATCHED += [("layer_reset", "corrected"), ("parseval", "corrected")]
+BATCHED += [
+    ("layer_reset", "corrected"),
+    ("parseval", "corrected"),
+    ("upgd", "corrected"),
+    ("snr", "corrected"),
+]
 
 
 @pytest.mark.parametrize("algorithm, fidelity", BATCHED)
@@ -589,6 +599,7 @@ def test_with_onednn_kernels_a_batched_seed_agrees_with_it_alone_to_rounding(spl
         ("retrained_network", "original"),
         ("snp", "original"),
         ("layer_reset", "corrected"),
+        ("upgd", "corrected"),
     ],
 )
 def test_resumed_between_epochs_it_continues_bit_identically(splits, algorithm, fidelity):

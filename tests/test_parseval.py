@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
 from lop_ray.algos.backprop import Backprop
 from lop_ray.algos.optim import make_optimizer
@@ -14,7 +13,8 @@ from lop_ray.algos.parseval import ParsevalConfig, ParsevalRegularisation
 from lop_ray.experiments.learner import LearnerSettings, build_learner, initial_mlp, learner_from_trial
 from lop_ray.nets.conv_net import ConvNet
 from lop_ray.nets.losses import per_seed_mse
-from lop_ray.schema import SweepError, load_sweep
+from lop_ray.schema import SweepError
+from tests.method_sweeps import regression_sweep
 
 
 def test_the_term_of_a_hand_made_layer():
@@ -113,27 +113,12 @@ def test_build_learner_attaches_it_and_the_checkpoint_names_its_config():
         ParsevalRegularisation(initial_mlp([3, 1], "relu", [0]).weight_layers(), ParsevalConfig())
 
 
-def _regression_sweep(tmp_path, hidden_units: int, **algorithm) -> object:
-    sweep = {
-        "name": "p",
-        "problem": {"name": "slowly_changing_regression", "flip_after": 100},
-        "network": {"hidden_units": hidden_units},
-        "seeds": [0],
-        "num_tasks": 1,
-        "algorithms": [{"algorithm": "parseval", "step_size": 0.01, **algorithm}],
-        "storage": str(tmp_path / "runs"),
-    }
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return load_sweep(path)
-
-
 def test_the_sweep_schema_takes_its_options_and_refuses_bad_ones(tmp_path):
-    (trial,) = _regression_sweep(tmp_path, 5, parseval_strength=0.01, parseval_scale=2.0).trials
+    (trial,) = regression_sweep(tmp_path, "parseval", 5, parseval_strength=0.01, parseval_scale=2.0).trials
     assert learner_from_trial(trial).method == ParsevalConfig(parseval_strength=0.01, parseval_scale=2.0)
     with pytest.raises(SweepError) as error:
-        _regression_sweep(tmp_path, 5, parseval_strength=-1.0)
+        regression_sweep(tmp_path, "parseval", 5, parseval_strength=-1.0)
     assert "algorithms[0].parseval_strength" in str(error.value)
     with pytest.raises(SweepError) as error:
-        _regression_sweep(tmp_path, 0)
+        regression_sweep(tmp_path, "parseval", 0)
     assert "algorithms[0].algorithm" in str(error.value) and "hidden layer" in str(error.value)

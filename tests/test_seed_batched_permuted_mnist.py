@@ -10,6 +10,8 @@ import torch
 from lop_ray.algos import CBPConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.parseval import ParsevalConfig
+from lop_ray.algos.snr import SNRConfig
+from lop_ray.algos.upgd import UPGDConfig
 from lop_ray.data.shards import ImageDataset, load_dataset
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNISTExperiment
@@ -34,6 +36,8 @@ LEARNERS = {
         "method": LayerResetConfig(reset_period=25, layers=2),
     },
     "parseval": {"algorithm": "parseval", "method": ParsevalConfig(parseval_strength=0.01)},
+    "snr": {"algorithm": "snr", "method": SNRConfig(rejection_percentile=0.9)},
+    "upgd": {"algorithm": "upgd", "optimizer": "upgd", "upgd": UPGDConfig(beta_utility=0.9, sigma=0.01)},
 }
 
 
@@ -67,6 +71,9 @@ def _config(
         ("layer_reset", 16),
         ("parseval", 16),
         ("parseval", 80),
+        ("upgd", 16),
+        ("snr", 16),
+        ("upgd", 80),
     ],
 )
 def test_each_seed_of_a_batch_gets_what_it_gets_alone(digits, name, hidden_units):
@@ -77,7 +84,7 @@ def test_each_seed_of_a_batch_gets_what_it_gets_alone(digits, name, hidden_units
     for position, seed in enumerate(seeds):
         alone = PermutedMNISTExperiment(config, digits, seeds=[seed], chunk=70)
         assert [alone.run_step()[0] for _ in range(2)] == [step[position] for step in together], seed
-    if name.startswith("cbp") or name == "layer_reset":
+    if name.startswith("cbp") or name in ("layer_reset", "snr"):
         assert all(step["replaced_units"] > 0 for step in together[-1])
 
 

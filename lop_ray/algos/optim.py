@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
-PER_ELEMENT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "step")
+PER_ELEMENT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "step", "avg_utility")  # UPGD: its average
 
 
 class Adam(torch.optim.Optimizer):

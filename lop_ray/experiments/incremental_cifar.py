@@ -41,12 +41,23 @@ from lop_ray.algos.optim import reset_optimizer_entries
 from lop_ray.data.cifar_augment import augment, draw_augmentation, normalise
 from lop_ray.data.seeding import LEARNER, STREAM, generator
 from lop_ray.data.shards import ImageDataset
-from lop_ray.experiments.learner import METHODS, LearnerSettings, build_learner
+from lop_ray.experiments.learner import METHODS, LearnerSettings, build_learner, upgd_settings
 from lop_ray.metrics import rank_summaries
 from lop_ray.nets.resnet import CifarResNet18
 from lop_ray.plasticity_metrics import PlasticityProbe
 
-ALGORITHMS = ("bp", "head_reset", "retrained_network", "snp", "cbp", "l2_init", "layer_reset", "parseval")
+ALGORITHMS = (
+    "bp",
+    "head_reset",
+    "retrained_network",
+    "snp",
+    "cbp",
+    "l2_init",
+    "layer_reset",
+    "parseval",
+    "upgd",
+    "snr",
+)
 # the step size drops by `step_size_decay` at these fractions of a block (epochs 60, 120, 160 of 200)
 MILESTONES = (0.3, 0.6, 0.8)
 DORMANT_FRACTION = 0.01
@@ -493,6 +504,10 @@ def config_from_trial(trial: dict[str, Any]) -> IncrementalCifarConfig:
     cbp = config if isinstance(config, CBPConfig) else None
     if cbp is None and config is not None:
         hyper["method"] = config
+    if trial["algorithm"] == "upgd":
+        hyper = upgd_settings(hyper)
+    else:
+        hyper["optimizer"] = "sgd"
     return IncrementalCifarConfig(
         width=network["width"],
         classes_per_block=settings["classes_per_block"],
@@ -500,6 +515,6 @@ def config_from_trial(trial: dict[str, Any]) -> IncrementalCifarConfig:
         validation_per_class=settings["validation_per_class"],
         probe_examples=settings["probe_examples"],
         step_size_decay=step_size_decay,
-        learner=LearnerSettings(algorithm=trial["algorithm"], optimizer="sgd", cbp=cbp, **hyper),
+        learner=LearnerSettings(algorithm=trial["algorithm"], cbp=cbp, **hyper),
         **resets,
     )

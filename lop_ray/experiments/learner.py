@@ -27,6 +27,9 @@ from lop_ray.algos.counter_rng import seed_keys
 from lop_ray.algos.layer_reset import LayerReset, LayerResetConfig
 from lop_ray.algos.parseval import ParsevalConfig, ParsevalRegularisation
 from lop_ray.algos.redo import ReDo, ReDoConfig
+from lop_ray.algos.seed_noise import SeedNoise
+from lop_ray.algos.snr import SelfNormalizedResets, SNRConfig
+from lop_ray.algos.upgd import UPGD, UPGDConfig
 from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.nets.mlp import MLP
 from lop_ray.nets.units import UnitNetwork
@@ -47,6 +50,7 @@ class LearnerSettings:
     l2_init: float = 0.0  # L2 Init's λ (regularisation towards the initial weights)
     perturb_scale: float = 0.0
     cbp: CBPConfig | None = None
+    upgd: UPGDConfig | None = None  # with optimizer "upgd": its utility and noise options
     method: Any = None  # the hyper-parameters of another registered method (`METHODS`)
 
 
@@ -78,16 +82,33 @@ def _layer_reset(net, optimizer, config, seeds, device, keys) -> LayerReset:
     return LayerReset(net.weight_layers(), optimizer, config, generators)
 
 
+def _snr(net, optimizer, config, seeds, device, keys) -> SelfNormalizedResets:
+    generators = [generator(seed, LEARNER, SNR_STREAM, device=device) for seed in seeds]
+    return SelfNormalizedResets(net.unit_groups(), optimizer, config, generators)
+
+
 def _parseval(net, optimizer, config, seeds, device, keys) -> ParsevalRegularisation:
     return ParsevalRegularisation(net.weight_layers(), config)
 
+
+UPGD_STREAM = 5000  # the learner-generator stream and counter stream of UPGD's noise
+SNR_STREAM = 6000  # the learner-generator stream of self-normalised resets' redraws
 
 METHODS: dict[str, Method] = {
     "cbp": Method(CBPConfig, _continual_backprop),
     "redo": Method(ReDoConfig, _redo),
     "layer_reset": Method(LayerResetConfig, _layer_reset),
     "parseval": Method(ParsevalConfig, _parseval),
+    "snr": Method(SNRConfig, _snr),
 }
+
+
+def _upgd(net: UnitNetwork, settings: LearnerSettings, seeds: Sequence[int], keys, device) -> UPGD:
+    # a large network's noise comes from a generator per seed (`SeedNoise`), its own stream
+    generators = [generator(seed, LEARNER, UPGD_STREAM, device=device) for seed in seeds]
+    views = net.parameter_views()
+    noise = SeedNoise(views, keys, UPGD_STREAM, generators)
+    return UPGD(views, settings.step_size, settings.weight_decay, settings.upgd or UPGDConfig(), noise)
 
 
 def optimizer_for(parameters, settings: LearnerSettings) -> torch.optim.Optimizer:
@@ -117,8 +138,11 @@ def build_learner(
     for a network of `len(seeds)` seeds (one seed: S = 1), and the intervention that replaces units
     (its `replaced_total` is each seed's count), if any."""
     device = torch.device(device)
-    optimizer = optimizer_for(net.parameters(), settings)
     keys = seed_keys(list(seeds), device)
+    if settings.optimizer == "upgd":
+        optimizer = _upgd(net, settings, seeds, keys, device)
+    else:
+        optimizer = optimizer_for(net.parameters(), settings)
     interventions = []
     replacer = None
     for config in (settings.cbp, settings.method):
@@ -144,7 +168,16 @@ def learner_from_trial(trial: dict[str, Any]) -> LearnerSettings:
         config = method.config(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
     if isinstance(config, CBPConfig):
         return LearnerSettings(algorithm=trial["algorithm"], cbp=config, **hyper)
+    if trial["algorithm"] == "upgd":
+        return LearnerSettings(algorithm="upgd", **upgd_settings(hyper))
     return LearnerSettings(algorithm=trial["algorithm"], method=config, **hyper)
+
+
+def upgd_settings(hyper: dict[str, Any]) -> dict[str, Any]:
+    """A UPGD trial's hyper-parameters as `LearnerSettings` keys: its own options go to `upgd`."""
+    fields = UPGDConfig.__dataclass_fields__
+    config = UPGDConfig(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
+    return {**hyper, "optimizer": "upgd", "upgd": config}
 
 
 def initial_mlp(

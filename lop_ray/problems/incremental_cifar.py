@@ -98,6 +98,24 @@ class Parseval(CifarSGD):
     parseval_scale: Real = Field(1.0, gt=0)  # s
 
 
+class UPGD(Strict):
+    """UPGD (Elsayed & Mahmood 2024, docs/methods.md) in place of SGD, on the same step-size schedule."""
+
+    step_size: Real = Field(0.1, gt=0)
+    step_size_decay: Real = Field(0.2, gt=0, le=1)
+    weight_decay: Real = Field(5e-4, ge=0)  # decoupled, UPGD's own
+    beta_utility: Real = Field(0.999, ge=0, lt=1)
+    sigma: Real = Field(0.001, ge=0)
+
+
+class SelfNormalizedResets(CifarSGD):
+    """Self-normalised resets (Farias & Jozefiak 2024, docs/methods.md) of the ResNet's conv units."""
+
+    rejection_percentile: Real = Field(0.99, gt=0, lt=1)
+    init: InitScheme = "kaiming"
+    reset_optimizer_state: bool = True
+
+
 class ShrinkAndPerturb(CifarSGD):
     perturb_scale: Real = Field(1e-5, gt=0)  # on every parameter, BN's γ and β included
 
@@ -139,6 +157,8 @@ INCREMENTAL_CIFAR = ProblemSpec(
         "l2_init": L2Init,
         "layer_reset": LayerReset,
         "parseval": Parseval,
+        "upgd": UPGD,
+        "snr": SelfNormalizedResets,
     },
     steps_for=lambda settings, num_tasks: num_tasks * settings.epochs_per_block,  # one step = one epoch
     trainable="lop_ray.trainables.incremental_cifar:IncrementalCifarTrainable",

@@ -10,12 +10,16 @@ from lop_ray.algos.cbp import CBPConfig, InitScheme, ReplacementBase, UtilType
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.algos.redo import ReDoConfig
+from lop_ray.algos.snr import SNRConfig
+from lop_ray.algos.upgd import UPGDConfig
 from lop_ray.problems.base import Count, OptimizerHyperparameters, Rate, Real, Strict
 
 _CBP = CBPConfig()
 _REDO = ReDoConfig()
 _LAYER_RESET = LayerResetConfig()
 _PARSEVAL = ParsevalConfig()
+_UPGD = UPGDConfig()
+_SNR = SNRConfig()
 
 
 class BP(OptimizerHyperparameters):
@@ -100,6 +104,30 @@ class Parseval(ParsevalHyperparameters, OptimizerHyperparameters):
     pass
 
 
+class UPGDHyperparameters(Strict):
+    """UPGD (Elsayed & Mahmood 2024, docs/methods.md): its own optimizer, the gradient step scaled
+    down on useful weights and perturbed on the others; decoupled weight decay."""
+
+    step_size: Real = Field(gt=0)
+    weight_decay: Real = Field(0.0, ge=0)
+    beta_utility: Real = Field(_UPGD.beta_utility, ge=0, lt=1)
+    sigma: Real = Field(_UPGD.sigma, ge=0)
+
+
+class SNRHyperparameters(Strict):
+    """Self-normalised resets (Farias & Jozefiak 2024, docs/methods.md): a unit is reset once its
+    silence is beyond the `rejection_percentile` quantile of its own inter-firing time."""
+
+    weight_decay: Real = Field(0.0, ge=0)
+    rejection_percentile: Real = Field(_SNR.rejection_percentile, gt=0, lt=1)
+    init: InitScheme = _SNR.init
+    reset_optimizer_state: bool = _SNR.reset_optimizer_state
+
+
+class SNR(SNRHyperparameters, OptimizerHyperparameters):
+    pass
+
+
 SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "bp": BP,
     "l2": L2,
@@ -109,4 +137,6 @@ SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "redo": ReDo,
     "layer_reset": LayerReset,
     "parseval": Parseval,
+    "upgd": UPGDHyperparameters,
+    "snr": SNR,
 }
