@@ -141,10 +141,10 @@ def _plasticity(x: str, xlabel: str, bin_x: int | BinRule | None, band: str = "s
         "plasticity",
         "gradient norm, distance from the initial weights, active units, feature churn (docs/methods.md)",
         (
-            Panel("gradient_norm", "gradient norm at the task's start", x, xlabel, bin_x),
+            Panel("gradient_norm", "gradient norm", x, xlabel, bin_x),
             Panel("distance_from_init", "‖θ − θ₀‖₂", x, xlabel, bin_x),
             Panel("active_fraction", "active units (%)", x, xlabel, bin_x, scale=lambda t: 100.0),
-            Panel("feature_churn", "feature churn over the task", x, xlabel, bin_x),
+            Panel("feature_churn", "feature churn", x, xlabel, bin_x),
         ),
         band=band,
     )
@@ -270,6 +270,7 @@ FIGURES: dict[str, dict[str, Figure]] = {
             (Panel("max_weight_change", "max Σ|ΔW| per update", "env_steps", "env steps", 1_000_000, "max"),),
             band="ci95",
         ),
+        "plasticity": _plasticity("env_steps", "env steps", 100_000, band="ci95"),
     },
 }
 

@@ -322,10 +322,15 @@ def test_rl_return_bins_by_env_weighs_episodes_and_weight_change_takes_the_large
 
 def test_unknown_figure_names_list_the_allowed_ones():
     with pytest.raises(
-        ValueError, match="no such figure for permuted_mnist; allowed: accuracy, representation"
+        ValueError, match="no such figure for permuted_mnist; allowed: accuracy, representation, plasticity"
     ):
         figures.select("permuted_mnist", ["accuracy", "error"])
-    assert [f.name for f in figures.select("rl", None)] == ["return", "representation", "weight_change"]
+    assert [f.name for f in figures.select("rl", None)] == [
+        "return",
+        "representation",
+        "weight_change",
+        "plasticity",
+    ]
 
 
 def test_report_figure_writes_png_and_svg_and_logs_them_to_the_sweeps_mlflow_run(tmp_path, capsys):

@@ -216,6 +216,20 @@ def test_same_seed_and_layout_give_the_same_run_and_another_seed_differs():
     assert _same(a, b) and not _same(a, c)
 
 
+def test_the_plasticity_metrics_are_logged_and_measure_the_update():
+    experiment = PPOExperiment(_tiny())
+    first = experiment.run_step()
+    assert first["distance_from_init"] > 0 and first["gradient_norm"] > 0
+    assert 0 < first["active_fraction"] <= 1 and first["feature_churn"] > 0
+    # the distance is ‖θ − θ₀‖₂ over both nets, θ₀ as built from the seed
+    fresh = PPOExperiment(_tiny())
+    params = [*experiment.policy.parameters(), *experiment.value.parameters()]
+    initial = [*fresh.policy.parameters(), *fresh.value.parameters()]
+    squares = sum(float((p - q).double().pow(2).sum()) for p, q in zip(params, initial, strict=True))
+    assert first["distance_from_init"] == pytest.approx(math.sqrt(squares), rel=1e-12)
+    assert experiment.run_step()["distance_from_init"] != first["distance_from_init"]
+
+
 def _random_policy_return(env: str, episodes: int, seed: int = 0) -> float:
     from lop_ray.rl.envs import make_env
 

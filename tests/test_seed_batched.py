@@ -13,7 +13,11 @@ from torch.nn import functional as F
 from lop_ray.algos import CBPConfig
 from lop_ray.algos.cbp import UTIL_TYPES, ContinualBackprop
 from lop_ray.algos.counter_rng import normal, random_bits, seed_keys, uniform
+from lop_ray.algos.layer_reset import LayerResetConfig
+from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.algos.redo import ReDoConfig
+from lop_ray.algos.snr import SNRConfig
+from lop_ray.algos.upgd import UPGDConfig
 from lop_ray.data.regression import RegressionStream
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
@@ -41,6 +45,17 @@ LEARNERS = {
     "redo_momentum": LearnerSettings(
         algorithm="redo", step_size=0.01, momentum=0.9, method=ReDoConfig(threshold=0.5, reset_period=7)
     ),
+    # the methods since the paper (docs/methods.md), aggressive enough to act within the test
+    "layer_reset": LearnerSettings(
+        algorithm="layer_reset", step_size=0.01, method=LayerResetConfig(reset_period=50, layers=0)
+    ),
+    "parseval": LearnerSettings(
+        algorithm="parseval", step_size=0.01, method=ParsevalConfig(parseval_strength=0.1)
+    ),
+    "upgd": LearnerSettings(
+        algorithm="upgd", optimizer="upgd", step_size=0.01, upgd=UPGDConfig(beta_utility=0.9, sigma=0.1)
+    ),
+    "snr": LearnerSettings(algorithm="snr", step_size=0.01, method=SNRConfig(rejection_percentile=0.5)),
 }
 
 
@@ -57,7 +72,7 @@ def test_each_seed_of_a_batch_follows_its_own_trajectory_exactly(name):
     for position, seed in enumerate(seeds):
         alone = RegressionExperiment(config, [seed])
         assert [alone.run_step()[0] for _ in range(3)] == [step[position] for step in together], seed
-    if "cbp" in name or "redo" in name:
+    if any(method in name for method in ("cbp", "redo", "layer_reset", "snr")):
         assert all(step["replaced_units"] > 0 for step in together[-1])
 
 
@@ -221,7 +236,9 @@ def test_compiled_step_is_not_taken_where_it_does_not_apply():
     assert one_hidden.double()._compiled_step(x.double(), F.mse_loss) is None
 
 
-@pytest.mark.parametrize("name", ["snp_sgd", "cbp_probabilistic", "cbp_random_accumulate", "redo_momentum"])
+@pytest.mark.parametrize(
+    "name", ["snp_sgd", "cbp_probabilistic", "cbp_random_accumulate", "redo_momentum", "upgd", "snr"]
+)
 def test_resumed_batch_continues_bit_identically(name):
     config = _config(LEARNERS[name])
     straight = RegressionExperiment(config, [0, 1])

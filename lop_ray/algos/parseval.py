@@ -14,7 +14,7 @@ network loses across tasks. Biases and norm parameters are not regularised.
 The term is a gradient, added to the loss gradient before the optimizer step (so it goes through
 momentum and Adam's moments as the loss's own gradient does, as adding it to the loss would);
 `Backprop` asks every intervention with an `add_gradient` method for it. Each seed's term is computed
-on its own matrices alone, seed by seed, so it does not depend on which seeds share the batch.
+on its own matrices alone, so it does not depend on which seeds share the batch.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from lop_ray.nets.units import WeightLayer
+
+BROADCAST_LIMIT = 1 << 16  # out² · fan_in of one seed's matrix up to which products are broadcast
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,19 @@ class ParsevalRegularisation:
             totals.append(total)
         return torch.stack(totals)
 
+    def _term(self, weight: torch.Tensor) -> torch.Tensor:
+        """(WWᵀ − sI)W of every seed's (out, fan_in) matrix, (S, out, fan_in). Batched matrix
+        products are not seed-invariant (a batched GEMM picks its blocking by the batch), so small
+        matrices (regression's, where a loop over 100 seeds would cost more than the step) are
+        multiplied as broadcast products summed over one axis, whose order does not depend on S, and
+        large ones seed by seed; which is chosen depends on one seed's sizes only."""
+        seeds, out, fan_in = weight.shape
+        if out * out * fan_in <= BROADCAST_LIMIT:
+            gram = (weight.unsqueeze(2) * weight.unsqueeze(1)).sum(dim=3)  # (S, out, out)
+            gram.diagonal(dim1=1, dim2=2).sub_(self.config.parseval_scale)
+            return (gram.unsqueeze(3) * weight.unsqueeze(1)).sum(dim=2)
+        return torch.stack([self._gram_excess(w) @ w for w in weight])
+
     def _gram_excess(self, weight: torch.Tensor) -> torch.Tensor:
         """WWᵀ − sI of one seed's (out, fan_in) matrix."""
         gram = weight @ weight.T
@@ -80,11 +95,8 @@ class ParsevalRegularisation:
         for view in self.views:
             i = self._positions[id(view.tensor)]
             grad = torch.zeros_like(view.tensor) if grads[i] is None else grads[i].clone()
-            per_seed = view.of(grad)
-            for seed in range(view.seeds):  # one seed's matrices at a time: the same alone as in a batch
-                weight = view.of()[seed].reshape(view.shape[1], -1)
-                term = four_lambda * (self._gram_excess(weight) @ weight)
-                per_seed[seed] += term.reshape(per_seed[seed].shape)
+            weight = view.of().reshape(view.seeds, view.shape[1], -1)  # (S, out, fan_in)
+            view.of(grad).add_(self._term(weight).mul_(four_lambda).reshape(view.shape))
             grads[i] = grad
 
     def after_step(self, activations: Sequence[torch.Tensor]) -> None:

@@ -132,17 +132,19 @@ class PPOLearner:
         )
 
     def update(self, batch: Batch) -> dict[str, float]:
-        """`epochs` shuffled passes over `batch`; returns the iteration's losses and weight change."""
+        """`epochs` shuffled passes over `batch`; returns the iteration's losses, the mean gradient
+        norm of its minibatches (before clipping: the plasticity metric) and its weight change."""
         cfg = self.config
         size = batch.advantages.shape[0]
         if size % cfg.minibatch_size:
             raise ValueError(f"minibatch_size {cfg.minibatch_size} must divide the batch ({size} steps)")
         before = [w.detach().clone() for w in self.policy.weight_matrices()]
-        policy_losses, value_losses, clipped = [], [], []
+        policy_losses, value_losses, clipped, norms = [], [], [], []
         for _ in range(cfg.epochs):
             order = torch.randperm(size, generator=self.generator).to(batch.obs.device)
             for index in order.split(cfg.minibatch_size):
-                policy_loss, value_loss, clip_fraction = self._minibatch_step(batch, index)
+                policy_loss, value_loss, clip_fraction, norm = self._minibatch_step(batch, index)
+                norms.append(norm)
                 policy_losses.append(policy_loss)
                 value_losses.append(value_loss)
                 clipped.append(clip_fraction)
@@ -154,6 +156,7 @@ class PPOLearner:
             "policy_loss": float(torch.stack(policy_losses).mean()),
             "value_loss": float(torch.stack(value_losses).mean()),
             "clip_fraction": float(torch.stack(clipped).mean()),
+            "gradient_norm": float(torch.stack(norms).mean()),  # before clipping
             "weight_change": change,
         }
 
@@ -170,9 +173,9 @@ class PPOLearner:
         if cfg.entropy_coef:
             loss = loss - cfg.entropy_coef * self.policy.entropy()
         grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+        present = [g for g in grads if g is not None]
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
         if cfg.max_grad_norm is not None:
-            present = [g for g in grads if g is not None]
-            total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
             scale = (cfg.max_grad_norm / (total + 1e-6)).clamp(max=1.0)
             grads = [g * scale if g is not None else None for g in grads]
         apply_gradients = getattr(self.optimizer, "apply_gradients", None)
@@ -188,7 +191,7 @@ class PPOLearner:
             for intervention in self.value_interventions:
                 intervention.after_step([h.detach() for h in value_hidden])
             clip_fraction = ((log_probs - old).exp().sub(1.0).abs() > cfg.clip).float().mean()
-        return policy_loss.detach(), value_loss.detach(), clip_fraction
+        return policy_loss.detach(), value_loss.detach(), clip_fraction, total.detach()
 
     def state_dict(self) -> dict[str, Any]:
         return {

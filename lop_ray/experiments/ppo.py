@@ -5,7 +5,10 @@ Each iteration sends the policy's weights to the env runners (in this process, o
 object with `collect`/`state_dict`/`load_state_dict`, see `lop_ray.rl.runner.LocalRunners`), joins
 their rollouts in global env order, and updates the networks. The step's metrics are measured on the
 policy that acted: dormant units and the stable rank of its features on the last 1,000 observations
-of the step's last batch (the paper's "last 1,000 acting steps").
+of the step's last batch (the paper's "last 1,000 acting steps"). Beside them, the plasticity
+metrics (docs/methods.md, "Metrics"): the mean gradient norm of the step's minibatches before
+clipping, the distance of both nets from their initial weights, the fraction of active policy units
+and the churn of the policy's last hidden features of those observations over the last update.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from lop_ray.algos.running_stats import RewardScaler, RunningMeanStd, normalize
 from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.metrics import rank_summaries
 from lop_ray.nets.policy import GaussianPolicy, ValueNetwork
+from lop_ray.plasticity_metrics import active_fraction, feature_churn
 from lop_ray.rl.envs import MAX_EPISODE_STEPS
 from lop_ray.rl.friction import CHANGE_EVERY
 from lop_ray.rl.runner import OBS_CLIP, LocalRunners, RunnerSpec, env_dims, policy_weights, split_envs
@@ -119,6 +123,9 @@ class PPOExperiment:
             RewardScaler(config.total_envs, config.ppo.gamma) if config.normalize_rewards else None
         )
         self.runners = runners if runners is not None else LocalRunners(config.runner_specs())
+        # θ₀ of the distance metric: the nets as built, a function of the seed (a resumed run, which
+        # rebuilds them before loading its checkpoint, holds the same)
+        self.initial = [p.detach().clone() for p in (*self.policy.parameters(), *self.value.parameters())]
         self.steps_done = 0
         self.env_steps = 0
 
@@ -198,6 +205,8 @@ class PPOExperiment:
             "value_loss": float(np.mean([u["value_loss"] for u in updates])),
             "clip_fraction": float(np.mean([u["clip_fraction"] for u in updates])),
             "max_weight_change": float(max(u["weight_change"] for u in updates)),
+            "gradient_norm": float(np.mean([u["gradient_norm"] for u in updates])),
+            "distance_from_init": self._distance_from_initial(),
             **self._weight_metrics(),
             **probe,
         }
@@ -209,6 +218,15 @@ class PPOExperiment:
         if replaced:
             metrics["replaced_units"] = float(sum(replaced))
         return metrics
+
+    @torch.no_grad()
+    def _distance_from_initial(self) -> float:
+        """‖θ − θ₀‖₂ over both nets and the log-std (docs/methods.md, "Metrics")."""
+        params = (*self.policy.parameters(), *self.value.parameters())
+        squares = sum(
+            float((p - p0).double().pow(2).sum()) for p, p0 in zip(params, self.initial, strict=True)
+        )
+        return math.sqrt(squares)
 
     def _stats(self) -> tuple[np.ndarray, np.ndarray] | None:
         if self.obs_stats is None:
@@ -231,7 +249,7 @@ class PPOExperiment:
         if self.reward_scaler is not None:
             rewards = self.reward_scaler(rewards, dones)
         dev = self.device
-        measured = self._probe(obs.to(dev)) if probe else {}
+        measured, recent, features = self._probe(obs.to(dev)) if probe else ({}, None, None)
         batch = self.learner.batch(
             obs.to(dev),
             joined("actions").to(dev),
@@ -240,12 +258,18 @@ class PPOExperiment:
             dones.to(dev),
             last_obs.to(dev),
         )
-        return obs_raw, self.learner.update(batch), measured
+        update = self.learner.update(batch)
+        if recent is not None:  # how much the update moved the acting policy's features of its inputs
+            with torch.no_grad():
+                after = self.policy(recent)[1][-1]
+            measured["feature_churn"] = float(feature_churn(features.unsqueeze(0), after.unsqueeze(0))[0])
+        return obs_raw, update, measured
 
     @torch.no_grad()
-    def _probe(self, obs: torch.Tensor) -> dict[str, float]:
+    def _probe(self, obs: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
         """Dormant policy units and the stable rank of its last hidden layer on the last 1,000
-        observations the policy acted on (spec/problems.md §5, Logged)."""
+        observations the policy acted on (spec/problems.md §5, Logged), and the fraction of active
+        units there; with those observations and their last hidden features, for the churn."""
         steps, envs = obs.shape[:2]
         rows = math.ceil(PROBE_STEPS / envs)
         recent = obs[-rows:].reshape(-1, obs.shape[-1])[-PROBE_STEPS:]
@@ -253,11 +277,13 @@ class PPOExperiment:
         active = torch.cat([(h > 0).float().mean(dim=0) for h in hidden])
         width = hidden[-1].shape[1]
         stable = rank_summaries(hidden[-1])["abs_approximate_rank"]
-        return {
+        metrics = {
             "dormant_units_percent": 100.0 * float((active <= DORMANT_FRACTION).float().mean()),
             "stable_rank": stable,
             "stable_rank_percent": 100.0 * stable / width,
+            "active_fraction": float(active_fraction([h.unsqueeze(0) for h in hidden])[0]),
         }
+        return metrics, recent, hidden[-1].clone()
 
     def _weight_metrics(self) -> dict[str, float]:
         metrics = {}
