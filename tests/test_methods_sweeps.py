@@ -47,9 +47,13 @@ def _finite_with_plasticity(rows: list[dict[str, float]], name: str) -> None:
         assert not bad, (name, bad)
 
 
-def test_every_method_of_the_regression_file_runs(submit_directory, monkeypatch):
-    trials = _one_trial_per_algorithm(METHODS / "regression.yaml", submit_directory, monkeypatch)
-    assert set(trials) == EVERY_METHOD
+@pytest.mark.parametrize(
+    ("name", "labels"),
+    [("regression", EVERY_METHOD), ("regression_layer_norm", {"layer_norm", "layer_norm_wd"})],
+)
+def test_every_method_of_the_regression_files_runs(name, labels, submit_directory, monkeypatch):
+    trials = _one_trial_per_algorithm(METHODS / f"{name}.yaml", submit_directory, monkeypatch)
+    assert set(trials) == labels
     for name, trial in trials.items():
         trial["problem_settings"].update(flip_after=300, examples_per_step=600)
         config = regression.config_from_trial(trial)
@@ -57,9 +61,13 @@ def test_every_method_of_the_regression_file_runs(submit_directory, monkeypatch)
         _finite_with_plasticity(rows, name)
 
 
-def test_every_method_of_the_permuted_mnist_file_runs(submit_directory, monkeypatch):
-    trials = _one_trial_per_algorithm(METHODS / "permuted_mnist.yaml", submit_directory, monkeypatch)
-    assert set(trials) == EVERY_METHOD
+@pytest.mark.parametrize(
+    ("name", "labels"),
+    [("permuted_mnist", EVERY_METHOD), ("permuted_mnist_layer_norm", {"layer_norm", "layer_norm_wd"})],
+)
+def test_every_method_of_the_permuted_mnist_files_runs(name, labels, submit_directory, monkeypatch):
+    trials = _one_trial_per_algorithm(METHODS / f"{name}.yaml", submit_directory, monkeypatch)
+    assert set(trials) == labels
     data = load_dataset("mnist", submit_directory / "data" / "mnist", "train")
     for name, trial in trials.items():
         trial["network"]["hidden_units"] = 16

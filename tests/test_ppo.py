@@ -225,7 +225,7 @@ def test_the_plasticity_metrics_are_logged_and_measure_the_update():
     fresh = PPOExperiment(_tiny())
     params = [*experiment.policy.parameters(), *experiment.value.parameters()]
     initial = [*fresh.policy.parameters(), *fresh.value.parameters()]
-    squares = sum(float((p - q).double().pow(2).sum()) for p, q in zip(params, initial, strict=True))
+    squares = sum(float((p - q).detach().double().pow(2).sum()) for p, q in zip(params, initial, strict=True))
     assert first["distance_from_init"] == pytest.approx(math.sqrt(squares), rel=1e-12)
     assert experiment.run_step()["distance_from_init"] != first["distance_from_init"]
 

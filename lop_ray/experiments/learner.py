@@ -186,10 +186,19 @@ def initial_mlp(
     seeds: Sequence[int],
     dropout: float = 0.0,
     online_norm: bool = False,
+    layer_norm: bool = False,
 ) -> MLP:
     """The MLP of seeds `seeds`: seed s's slice drawn on the CPU from the CPU generator
     (s, LEARNER, 0), so it depends neither on the device nor on the other seeds; dropout masks
     from each seed's counter key."""
     keys = seed_keys(list(seeds)) if dropout else None
     generators = [generator(seed, LEARNER, 0) for seed in seeds]
-    return MLP(sizes, activation, generators, dropout=dropout, online_norm=online_norm, dropout_keys=keys)
+    return MLP(
+        sizes,
+        activation,
+        generators,
+        dropout=dropout,
+        online_norm=online_norm,
+        dropout_keys=keys,
+        layer_norm=layer_norm,
+    )

@@ -26,6 +26,7 @@ class RegressionConfig:
     seed: int = 0
     activation: str = "relu"
     hidden_units: int = 5  # 0: the linear learner (20 → 1)
+    layer_norm: bool = False  # layer normalisation of the hidden layer (Lyle et al. 2024)
     examples_per_step: int = 10_000
     problem: RegressionSettings = field(default_factory=RegressionSettings)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
@@ -49,7 +50,9 @@ class RegressionExperiment:
         self.device = torch.device(device)
         self.streams = [RegressionStream(config.problem, seed) for seed in self.seeds]
         sizes = [config.problem.num_inputs, *([config.hidden_units] if config.hidden_units else []), 1]
-        self.net = initial_mlp(sizes, config.activation, self.seeds).to(self.device)
+        self.net = initial_mlp(sizes, config.activation, self.seeds, layer_norm=config.layer_norm).to(
+            self.device
+        )
         self.learner, self.cbp = build_learner(self.net, settings, self.seeds, self.device, per_seed_mse)
         self.plasticity = PlasticityProbe(self.net, per_seed_mse, PLASTICITY_PROBE)
         self.steps_done = 0
@@ -105,6 +108,7 @@ def config_from_trial(trial: dict[str, Any]) -> RegressionConfig:
         seed=int(trial["seed"]),
         activation=trial["network"]["activation"],
         hidden_units=trial["network"]["hidden_units"],
+        layer_norm=trial["network"].get("layer_norm", False),  # sweeps recorded before it: off
         examples_per_step=examples_per_step,
         problem=RegressionSettings(**problem),
         learner=learner_from_trial(trial),

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lop_ray.nets.activations import init_gain, make_activation
+from lop_ray.nets.layer_norm import SeedLayerNorm
 from lop_ray.nets.losses import per_seed_cross_entropy, per_seed_mse
 from lop_ray.nets.mlp_gradients import DERIVATIVES
 from lop_ray.nets.one_example_kernel import ACTIVATION_CODES, one_hidden_layer_squared_error
@@ -60,7 +61,7 @@ class MLP(UnitNetwork):
     order from `generators[s]`, so its slice is a function of its seed alone.
 
     Extended Data Fig. 4's methods: `online_norm` normalises each hidden layer's pre-activation
-    (`OnlineNorm`), `dropout` drops each hidden layer's output in training mode, with masks that are
+    (`OnlineNorm`; `layer_norm` instead: `SeedLayerNorm`, Lyle et al. 2024), `dropout` drops each hidden layer's output in training mode, with masks that are
     counter-based draws of each seed's `dropout_keys` and the step (`dropout_steps`, a buffer, so
     in the checkpoint), the same for a seed in any batch.
     """
@@ -78,8 +79,11 @@ class MLP(UnitNetwork):
         dropout: float = 0.0,
         online_norm: bool = False,
         dropout_keys: torch.Tensor | None = None,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
+        if online_norm and layer_norm:
+            raise ValueError("online_norm and layer_norm both normalise the pre-activations: pick one")
         if len(sizes) < 2:
             raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
         if not 0.0 <= dropout < 1.0:
@@ -108,6 +112,9 @@ class MLP(UnitNetwork):
         self.norms = (
             nn.ModuleList(OnlineNorm(b, self.num_seeds) for b in sizes[1:-1]) if online_norm else None
         )
+        self.layer_norm = layer_norm
+        if layer_norm:  # autograd computes its gradients: the hand-written backward knows online norm
+            self.norms = nn.ModuleList(SeedLayerNorm(b, self.num_seeds) for b in sizes[1:-1])
         self.dropout = dropout
         self.dropout_keys = dropout_keys
         # training forward passes so far, the dropout masks' counter (a buffer: in the checkpoint)
@@ -121,7 +128,7 @@ class MLP(UnitNetwork):
         # the hand-written backward pass knows dropout (the forward's masks) and online normalisation
         # (its corrected backward pass); the one-example and compiled steps of small layers know
         # neither option
-        self.plain = not online_norm and not dropout
+        self.plain = not online_norm and not dropout and not layer_norm
 
     def unit_groups(self) -> list[UnitGroup]:
         """Each hidden layer, its parameters already (S, …)."""
@@ -258,7 +265,7 @@ class MLP(UnitNetwork):
     def _hand_backward_applies(self, loss_fn: Callable) -> bool:
         # online normalisation's backward pass is defined for training steps only (eval mode
         # normalises with frozen estimates, which `forward` and autograd handle)
-        return loss_fn in _HAND_LOSSES and (self.norms is None or self.training)
+        return loss_fn in _HAND_LOSSES and not self.layer_norm and (self.norms is None or self.training)
 
     def _forward_for_backward(self, x: torch.Tensor) -> _ForwardPass:
         """The forward pass with what the backward pass reads; in training mode with dropout, the

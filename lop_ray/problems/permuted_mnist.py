@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lop_ray.nets.activations import ACTIVATIONS
 from lop_ray.problems.base import Count, ProblemSpec, Real, Strict, prepared_data
@@ -39,6 +39,13 @@ class PermutedMNISTNetwork(Strict):
     hidden_layers: Count = Field(3, ge=1)
     dropout: Real = Field(0.0, ge=0, lt=1)  # of every hidden layer's output, in training
     online_norm: bool = False  # online normalisation (Chiley et al. 2019) of every hidden layer
+    layer_norm: bool = False  # layer normalisation of every hidden layer (Lyle et al. 2024)
+
+    @model_validator(mode="after")
+    def _one_normalisation(self):
+        if self.online_norm and self.layer_norm:
+            raise ValueError("online_norm and layer_norm both normalise the pre-activations: pick one")
+        return self
 
     def weight_layer_count(self) -> int:
         return self.hidden_layers + 1

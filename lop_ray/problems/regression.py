@@ -36,6 +36,7 @@ class RegressionProblem(Strict):
 class RegressionNetwork(Strict):
     activation: Literal[tuple(ACTIVATIONS)] = "relu"  # type: ignore[valid-type]
     hidden_units: Count = Field(5, ge=0)  # 0: the linear learner
+    layer_norm: bool = False  # layer normalisation of the hidden layer (Lyle et al. 2024)
 
     def weight_layer_count(self) -> int:
         return 2 if self.hidden_units else 1
