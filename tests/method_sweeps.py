@@ -10,11 +10,13 @@ import yaml
 from lop_ray.schema import Sweep, load_sweep
 
 
-def regression_sweep(tmp_path: Path, algorithm: str, hidden_units: int = 5, **options) -> Sweep:
+def regression_sweep(
+    tmp_path: Path, algorithm: str, hidden_units: int = 5, network: dict | None = None, **options
+) -> Sweep:
     sweep = {
         "name": algorithm,
         "problem": {"name": "slowly_changing_regression", "flip_after": 100},
-        "network": {"hidden_units": hidden_units},
+        "network": {"hidden_units": hidden_units, **(network or {})},
         "seeds": [0],
         "num_tasks": 1,
         "algorithms": [{"algorithm": algorithm, "step_size": 0.01, **options}],

@@ -49,7 +49,11 @@ def _finite_with_plasticity(rows: list[dict[str, float]], name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "labels"),
-    [("regression", EVERY_METHOD), ("regression_layer_norm", {"layer_norm", "layer_norm_wd"})],
+    [
+        ("regression", EVERY_METHOD),
+        ("regression_layer_norm", {"layer_norm", "layer_norm_wd"}),
+        ("regression_crelu", {"crelu", "crelu_wd"}),
+    ],
 )
 def test_every_method_of_the_regression_files_runs(name, labels, submit_directory, monkeypatch):
     trials = _one_trial_per_algorithm(METHODS / f"{name}.yaml", submit_directory, monkeypatch)
@@ -63,7 +67,11 @@ def test_every_method_of_the_regression_files_runs(name, labels, submit_director
 
 @pytest.mark.parametrize(
     ("name", "labels"),
-    [("permuted_mnist", EVERY_METHOD), ("permuted_mnist_layer_norm", {"layer_norm", "layer_norm_wd"})],
+    [
+        ("permuted_mnist", EVERY_METHOD),
+        ("permuted_mnist_layer_norm", {"layer_norm", "layer_norm_wd"}),
+        ("permuted_mnist_crelu", {"crelu", "crelu_wd"}),
+    ],
 )
 def test_every_method_of_the_permuted_mnist_files_runs(name, labels, submit_directory, monkeypatch):
     trials = _one_trial_per_algorithm(METHODS / f"{name}.yaml", submit_directory, monkeypatch)

@@ -122,7 +122,12 @@ def test_regression_file_runs_at_the_papers_scale(rel: str, loaded):
         if activation is None:
             assert trial["network"]["hidden_units"] == 0
         else:
-            assert trial["network"] == {"activation": activation, "hidden_units": 5, "layer_norm": False}
+            assert trial["network"] == {
+                "activation": activation,
+                "hidden_units": 5,
+                "layer_norm": False,
+                "crelu": False,
+            }
         hyper = trial["hyperparameters"]
         assert hyper["optimizer"] == optimizer
         if optimizer == "adam":

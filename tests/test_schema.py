@@ -329,7 +329,7 @@ CASES = [
         "network.width",
         7,
         "unknown key",
-        "allowed: ['activation', 'hidden_units', 'layer_norm']",
+        "allowed: ['activation', 'crelu', 'hidden_units', 'layer_norm']",
     ),
     bad(
         "bad activation name",

@@ -28,8 +28,8 @@ zeroed, per-unit norm entries restored, the optimizer's per-element state of tho
 restarted when `reset_optimizer_state`), and restarts the unit's statistics (f = m = a = 0).
 
 Choices where the paper and the authors' code (github.com/ajozefiak/SelfNormalizedResets) leave
-room, see docs/snr_report.md: per-example counting with exact positions inside the batch (the
-authors' MLP code adds the batch size to the age of a unit silent on the whole batch and zeroes it
+room (docs/methods.md, "Self-normalised resets"): per-example counting with exact positions
+inside the batch (the authors' MLP code adds the batch size to the age of a unit silent on the whole batch and zeroes it
 if it fired anywhere); the Beta(1, 1) prior (the authors' code starts its arrival count and sum at
 1, i.e. p̂ = 1 for a fresh unit, and re-estimates per-unit thresholds periodically with an expansion
 factor, which is not reproduced here); the exact geometric quantile instead of the authors'

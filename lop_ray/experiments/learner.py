@@ -187,6 +187,7 @@ def initial_mlp(
     dropout: float = 0.0,
     online_norm: bool = False,
     layer_norm: bool = False,
+    crelu: bool = False,
 ) -> MLP:
     """The MLP of seeds `seeds`: seed s's slice drawn on the CPU from the CPU generator
     (s, LEARNER, 0), so it depends neither on the device nor on the other seeds; dropout masks
@@ -201,4 +202,5 @@ def initial_mlp(
         online_norm=online_norm,
         dropout_keys=keys,
         layer_norm=layer_norm,
+        crelu=crelu,
     )

@@ -36,6 +36,7 @@ class PermutedMNISTConfig:
     dropout: float = 0.0  # Extended Data Fig. 4: p = 0.1 (0.03 was best)
     online_norm: bool = False  # Extended Data Fig. 4: online normalisation of every hidden layer
     layer_norm: bool = False  # layer normalisation of every hidden layer (Lyle et al. 2024)
+    crelu: bool = False  # CReLU hidden units (Abbas et al. 2023)
     examples_per_task: int | None = None  # None: the whole dataset, once
     probe_examples: int = 2000
     learner: LearnerSettings = field(default_factory=lambda: LearnerSettings(step_size=0.003))
@@ -67,7 +68,13 @@ class PermutedMNISTExperiment:
         stream = self.streams[0]
         sizes = [stream.num_inputs, *[config.hidden_units] * config.hidden_layers, stream.num_classes]
         self.net = initial_mlp(
-            sizes, config.activation, self.seeds, config.dropout, config.online_norm, config.layer_norm
+            sizes,
+            config.activation,
+            self.seeds,
+            config.dropout,
+            config.online_norm,
+            config.layer_norm,
+            config.crelu,
         ).to(self.device)
         self.learner, self.cbp = build_learner(
             self.net, config.learner, self.seeds, self.device, per_seed_cross_entropy
@@ -162,6 +169,7 @@ def config_from_trial(trial: dict[str, Any]) -> PermutedMNISTConfig:
         dropout=network["dropout"],
         online_norm=network["online_norm"],
         layer_norm=network.get("layer_norm", False),  # sweeps recorded before it: off
+        crelu=network.get("crelu", False),
         examples_per_task=settings["examples_per_task"],
         probe_examples=settings["probe_examples"],
         learner=learner_from_trial(trial),

@@ -27,6 +27,7 @@ class RegressionConfig:
     activation: str = "relu"
     hidden_units: int = 5  # 0: the linear learner (20 → 1)
     layer_norm: bool = False  # layer normalisation of the hidden layer (Lyle et al. 2024)
+    crelu: bool = False  # CReLU hidden units (Abbas et al. 2023)
     examples_per_step: int = 10_000
     problem: RegressionSettings = field(default_factory=RegressionSettings)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
@@ -109,6 +110,7 @@ def config_from_trial(trial: dict[str, Any]) -> RegressionConfig:
         activation=trial["network"]["activation"],
         hidden_units=trial["network"]["hidden_units"],
         layer_norm=trial["network"].get("layer_norm", False),  # sweeps recorded before it: off
+        crelu=trial["network"].get("crelu", False),
         examples_per_step=examples_per_step,
         problem=RegressionSettings(**problem),
         learner=learner_from_trial(trial),

@@ -51,6 +51,18 @@ def _initial_weight(
     return torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=generator)
 
 
+def crelu(z: torch.Tensor) -> torch.Tensor:
+    """CReLU (Shang et al. 2016; against plasticity loss: Abbas et al. 2023): each unit's ReLU(z) and
+    ReLU(−z), interleaved (…, 2·width), so that a unit's two outputs are adjacent columns of the next
+    layer and it always passes a gradient (one of the two is active unless z = 0)."""
+    return torch.stack((F.relu(z), F.relu(-z)), dim=-1).flatten(-2)
+
+
+def _crelu_units(h: torch.Tensor) -> torch.Tensor:
+    """(S, batch, 2·width) CReLU outputs as (S, batch, width, 2): a unit and its two outputs."""
+    return h.unflatten(-1, (h.shape[-1] // 2, 2))
+
+
 class MLP(UnitNetwork):
     """Linear layers with one activation between them, for S seeds; every hidden layer is a unit
     group.
@@ -61,7 +73,8 @@ class MLP(UnitNetwork):
     order from `generators[s]`, so its slice is a function of its seed alone.
 
     Extended Data Fig. 4's methods: `online_norm` normalises each hidden layer's pre-activation
-    (`OnlineNorm`; `layer_norm` instead: `SeedLayerNorm`, Lyle et al. 2024), `dropout` drops each hidden layer's output in training mode, with masks that are
+    (`OnlineNorm`; `layer_norm` instead: `SeedLayerNorm`, Lyle et al. 2024), `crelu` makes every
+    hidden unit a CReLU (`crelu`, Abbas et al. 2023), `dropout` drops each hidden layer's output in training mode, with masks that are
     counter-based draws of each seed's `dropout_keys` and the step (`dropout_steps`, a buffer, so
     in the checkpoint), the same for a seed in any batch.
     """
@@ -80,8 +93,13 @@ class MLP(UnitNetwork):
         online_norm: bool = False,
         dropout_keys: torch.Tensor | None = None,
         layer_norm: bool = False,
+        crelu: bool = False,
     ) -> None:
         super().__init__()
+        if crelu and activation != "relu":
+            raise ValueError(
+                f"crelu concatenates ReLUs of z and −z: activation must be relu, got {activation!r}"
+            )
         if online_norm and layer_norm:
             raise ValueError("online_norm and layer_norm both normalise the pre-activations: pick one")
         if len(sizes) < 2:
@@ -94,7 +112,10 @@ class MLP(UnitNetwork):
         self.activation_name = activation
         self.activation = make_activation(activation)
         self._activation_fn = self.activation.forward
-        pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+        self.crelu = crelu
+        # a CReLU layer of w units feeds 2w values to the next layer
+        fans_in = [sizes[0], *(2 * b if crelu else b for b in sizes[1:-1])]
+        pairs = list(zip(fans_in, sizes[1:], strict=True))
         drawn = [
             [
                 _initial_weight(a, b, activation if i < len(pairs) - 1 else "linear", g)
@@ -128,7 +149,7 @@ class MLP(UnitNetwork):
         # the hand-written backward pass knows dropout (the forward's masks) and online normalisation
         # (its corrected backward pass); the one-example and compiled steps of small layers know
         # neither option
-        self.plain = not online_norm and not dropout and not layer_norm
+        self.plain = not online_norm and not dropout and not layer_norm and not crelu
 
     def unit_groups(self) -> list[UnitGroup]:
         """Each hidden layer, its parameters already (S, …)."""
@@ -142,6 +163,8 @@ class MLP(UnitNetwork):
                 incoming_bias=SeedView.whole(layers[i].bias),
                 outgoing_bias=SeedView.whole(layers[i + 1].bias),
                 norm=norm_entries(self.norms[i], self.num_seeds) if self.norms is not None else (),
+                # CReLU: unit j feeds the next layer's columns 2j (its ReLU) and 2j + 1 (of −z)
+                **({"fan_out_per_unit": 2, "seed_activations": _crelu_units} if self.crelu else {}),
             )
             for i in range(len(layers) - 1)
         ]
@@ -195,7 +218,7 @@ class MLP(UnitNetwork):
             z = _linear(x, weight, bias)
             if self.norms is not None:
                 z = self.norms[index](z)
-            x = self._activation_fn(z)
+            x = crelu(z) if self.crelu else self._activation_fn(z)
             activations.append(x)  # CBP and the probes see the units' own activations
             if dropping:
                 x = x * self._kept(index, x, step) / (1.0 - self.dropout)
@@ -265,7 +288,8 @@ class MLP(UnitNetwork):
     def _hand_backward_applies(self, loss_fn: Callable) -> bool:
         # online normalisation's backward pass is defined for training steps only (eval mode
         # normalises with frozen estimates, which `forward` and autograd handle)
-        return loss_fn in _HAND_LOSSES and not self.layer_norm and (self.norms is None or self.training)
+        autograd_only = self.layer_norm or self.crelu
+        return loss_fn in _HAND_LOSSES and not autograd_only and (self.norms is None or self.training)
 
     def _forward_for_backward(self, x: torch.Tensor) -> _ForwardPass:
         """The forward pass with what the backward pass reads; in training mode with dropout, the

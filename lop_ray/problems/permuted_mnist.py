@@ -40,11 +40,14 @@ class PermutedMNISTNetwork(Strict):
     dropout: Real = Field(0.0, ge=0, lt=1)  # of every hidden layer's output, in training
     online_norm: bool = False  # online normalisation (Chiley et al. 2019) of every hidden layer
     layer_norm: bool = False  # layer normalisation of every hidden layer (Lyle et al. 2024)
+    crelu: bool = False  # CReLU hidden units (Abbas et al. 2023): relu of z and −z
 
     @model_validator(mode="after")
     def _one_normalisation(self):
         if self.online_norm and self.layer_norm:
             raise ValueError("online_norm and layer_norm both normalise the pre-activations: pick one")
+        if self.crelu and self.activation != "relu":
+            raise ValueError(f"crelu is built of ReLUs: activation must be relu, got {self.activation!r}")
         return self
 
     def weight_layer_count(self) -> int:

@@ -37,6 +37,13 @@ class RegressionNetwork(Strict):
     activation: Literal[tuple(ACTIVATIONS)] = "relu"  # type: ignore[valid-type]
     hidden_units: Count = Field(5, ge=0)  # 0: the linear learner
     layer_norm: bool = False  # layer normalisation of the hidden layer (Lyle et al. 2024)
+    crelu: bool = False  # CReLU hidden units (Abbas et al. 2023): relu of z and −z
+
+    @model_validator(mode="after")
+    def _crelu_of_relu(self):
+        if self.crelu and self.activation != "relu":
+            raise ValueError(f"crelu is built of ReLUs: activation must be relu, got {self.activation!r}")
+        return self
 
     def weight_layer_count(self) -> int:
         return 2 if self.hidden_units else 1
