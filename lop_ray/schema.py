@@ -260,7 +260,7 @@ class _Validator:
         if self.problems:
             raise SweepError(self.path, self.problems)
         self.unique_labels(algorithms)
-        self.layers_exist(algorithms, networks)
+        self.fit_networks(algorithms, networks)
         if self.problems:
             raise SweepError(self.path, self.problems)
 
@@ -369,7 +369,7 @@ class _Validator:
                 params[option] = by_fidelity[fidelity]
         return (label, name, self.grid(model, params, loc, f"algorithm {name!r}"))
 
-    def layers_exist(self, algorithms: list, networks: list) -> None:
+    def fit_networks(self, algorithms: list, networks: list) -> None:
         """A method that resets the last `layers` weight layers (layer resets) asks for no more than
         the network has, and one that regularises the hidden layers (Parseval) has some; networks
         say how many weight layers they have (`weight_layer_count()`)."""

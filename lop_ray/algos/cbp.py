@@ -24,7 +24,7 @@ import torch
 
 from lop_ray.algos.cbp_statistics_kernel import UTILITY_CODES, update_unit_statistics
 from lop_ray.algos.counter_rng import CounterNoise
-from lop_ray.algos.optim import PER_ELEMENT_STATE
+from lop_ray.algos.optim import per_element_state
 from lop_ray.nets.activations import init_bound
 from lop_ray.nets.units import UnitGroup
 
@@ -480,7 +480,7 @@ class ContinualBackprop:
         for view, dim in views + [(group.outgoing, 2)]:
             if view is None:
                 continue
-            for tensor in _per_element_state(self.optimizer, view.tensor):
+            for tensor in per_element_state(self.optimizer, view.tensor):
                 target = group.outgoing_by_unit(tensor) if view is group.outgoing else view.of(tensor)
                 _put(target, dim, units, chosen, 0)
 
@@ -527,13 +527,6 @@ def _state_of(generator: torch.Generator | None) -> torch.Tensor | None:
 def _set_state(generator: torch.Generator | None, state: torch.Tensor | None) -> None:
     if generator is not None and state is not None:
         generator.set_state(state)
-
-
-def _per_element_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
-    """The optimizer's per-element state tensors of `param` (none before its first step)."""
-    state = optimizer.state.get(param) or {}
-    tensors = (state.get(key) for key in PER_ELEMENT_STATE)
-    return [t for t in tensors if isinstance(t, torch.Tensor) and t.shape == param.shape]
 
 
 def _unit_mean(h: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from lop_ray.algos.optim import PER_ELEMENT_STATE
+from lop_ray.algos.optim import per_element_state
 from lop_ray.nets.units import SeedView, WeightLayer
 
 
@@ -94,11 +94,8 @@ class LayerReset:
         self.resets += 1
 
     def _restart_state(self, view: SeedView, seed: int) -> None:
-        state = self.optimizer.state.get(view.tensor) or {}
-        for key in PER_ELEMENT_STATE:
-            tensor = state.get(key)
-            if isinstance(tensor, torch.Tensor) and tensor.shape == view.tensor.shape:
-                view.of(tensor)[seed].zero_()
+        for tensor in per_element_state(self.optimizer, view.tensor):
+            view.of(tensor)[seed].zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return {

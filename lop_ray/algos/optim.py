@@ -233,15 +233,19 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; allowed: sgd, adam, adamw")
 
 
+def per_element_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
+    """The optimizer's per-element state tensors of `param` (`PER_ELEMENT_STATE`: momentum, Adam's
+    moments and step counts, UPGD's utility), those a restarted unit restarts; none before its first
+    step."""
+    state = optimizer.state.get(param) or {}
+    tensors = (state.get(key) for key in PER_ELEMENT_STATE)
+    return [t for t in tensors if isinstance(t, torch.Tensor) and t.shape == param.shape]
+
+
 def reset_optimizer_entries(optimizer: torch.optim.Optimizer, param: torch.Tensor, index: tuple) -> None:
     """Zero `param[index]`'s momentum buffer, Adam moments and per-element step counts.
 
     Entries that have no state yet (before the first step) need nothing.
     """
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    for key in PER_ELEMENT_STATE:
-        tensor = state.get(key)
-        if isinstance(tensor, torch.Tensor) and tensor.shape == param.shape:
-            tensor[index] = 0
+    for tensor in per_element_state(optimizer, param):
+        tensor[index] = 0

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lop_ray.algos.cbp import InitScheme
-from lop_ray.algos.optim import PER_ELEMENT_STATE
+from lop_ray.algos.optim import per_element_state
 from lop_ray.nets.activations import init_bound
 from lop_ray.nets.units import SeedView, UnitGroup
 
@@ -72,7 +72,7 @@ class ReDo:
             for seed, row in enumerate(mask.cpu()):
                 units = torch.nonzero(row).reshape(-1)
                 if len(units):
-                    self._reinitialise(group, seed, units.to(group.incoming.tensor.device))
+                    self.reinitialise(group, seed, units.to(group.incoming.tensor.device))
 
     def dormant(self, h: torch.Tensor) -> torch.Tensor:
         """(S, width) mask of the units with score ≤ τ on activations `h` (S, batch, units, …)."""
@@ -81,7 +81,8 @@ class ReDo:
         # 0/0: no score, nothing reset (the original's NaN comparison)
         return (per_unit / layer_mean <= self.config.threshold) & (layer_mean != 0)
 
-    def _reinitialise(self, group: UnitGroup, seed: int, units: torch.Tensor) -> None:
+    def reinitialise(self, group: UnitGroup, seed: int, units: torch.Tensor) -> None:
+        """Seed `seed`'s `units` of `group` as ReDo restarts them (self-normalised resets too)."""
         incoming = group.incoming.of()[seed]
         bound = init_bound(self.config.init, group.activation, group.fan_in, group.fan_out)
         fresh = torch.empty((len(units), *incoming.shape[1:]), dtype=incoming.dtype, device=incoming.device)
@@ -95,11 +96,8 @@ class ReDo:
             for view, _ in writes:
                 if view is None:
                     continue
-                state = self.optimizer.state.get(view.tensor) or {}
-                for key in PER_ELEMENT_STATE:
-                    tensor = state.get(key)
-                    if isinstance(tensor, torch.Tensor) and tensor.shape == view.tensor.shape:
-                        _write(group, view, tensor, seed, units, 0.0)
+                for tensor in per_element_state(self.optimizer, view.tensor):
+                    _write(group, view, tensor, seed, units, 0.0)
         self.replaced_total[seed] += len(units)
 
     def state_dict(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ import torch
 
 from lop_ray.algos.cbp import InitScheme
 from lop_ray.algos.redo import ReDo, ReDoConfig
+from lop_ray.nets.activations import INIT_SCHEMES
 from lop_ray.nets.units import UnitGroup
 
 
@@ -65,8 +66,8 @@ class SNRConfig:
         eta = self.rejection_percentile
         if not isinstance(eta, int | float) or isinstance(eta, bool) or not 0.0 < eta < 1.0:
             raise ValueError(f"rejection_percentile must be in (0, 1), got {eta!r}")
-        if self.init not in ("kaiming", "xavier", "lecun", "default"):
-            raise ValueError(f"unknown init scheme {self.init!r}")
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"unknown init scheme {self.init!r}; allowed: {list(INIT_SCHEMES)}")
 
 
 class SelfNormalizedResets:
@@ -108,7 +109,10 @@ class SelfNormalizedResets:
 
     def firing_probability(self) -> list[torch.Tensor]:
         """Per group, (S, width) p̂ = (f + 1) / (m + 2) in float64."""
-        return [(f.double() + 1) / (m.double() + 2) for f, m in zip(self.fired, self.examples, strict=True)]
+        return [self._firing_probability(index) for index in range(len(self.groups))]
+
+    def _firing_probability(self, index: int) -> torch.Tensor:
+        return (self.fired[index].double() + 1) / (self.examples[index].double() + 2)
 
     @torch.no_grad()
     def after_step(self, activations: Sequence[torch.Tensor]) -> None:
@@ -123,7 +127,7 @@ class SelfNormalizedResets:
                 units = torch.nonzero(row).reshape(-1)
                 if len(units):
                     units = units.to(group.incoming.tensor.device)
-                    self._redo._reinitialise(group, seed, units)
+                    self._redo.reinitialise(group, seed, units)
                     for stat in (self.fired, self.examples, self.age):
                         stat[index][seed, units] = 0
 
@@ -142,7 +146,7 @@ class SelfNormalizedResets:
 
     def to_reset(self, index: int) -> torch.Tensor:
         """(S, width) mask of group `index`'s units with (1 − p̂)^a < 1 − η, in log form."""
-        p_hat = (self.fired[index].double() + 1) / (self.examples[index].double() + 2)
+        p_hat = self._firing_probability(index)
         log_p_value = self.age[index].double() * torch.log1p(-p_hat)
         return log_p_value < math.log1p(-self.config.rejection_percentile)
 

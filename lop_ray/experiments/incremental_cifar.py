@@ -35,13 +35,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from lop_ray.algos import CBPConfig
 from lop_ray.algos.backprop import per_seed_cross_entropy
 from lop_ray.algos.optim import reset_optimizer_entries
 from lop_ray.data.cifar_augment import augment, draw_augmentation, normalise
 from lop_ray.data.seeding import LEARNER, STREAM, generator
 from lop_ray.data.shards import ImageDataset
-from lop_ray.experiments.learner import METHODS, LearnerSettings, build_learner, upgd_settings
+from lop_ray.experiments.learner import METHODS, LearnerSettings, build_learner, learner_settings
 from lop_ray.metrics import rank_summaries
 from lop_ray.nets.resnet import CifarResNet18
 from lop_ray.plasticity_metrics import PlasticityProbe
@@ -493,21 +492,9 @@ def config_from_trial(trial: dict[str, Any]) -> IncrementalCifarConfig:
     settings, network = trial["problem_settings"], trial["network"]
     hyper = dict(trial["hyperparameters"])
     resets = {k: hyper.pop(k) for k in ("reset_bn_stats",) if k in hyper}
-    method = METHODS.get(trial["algorithm"])  # CBP, layer resets: the intervention's own options
-    if method is None and "reset_optimizer_state" in hyper:  # the increment's resets
+    if trial["algorithm"] not in METHODS and "reset_optimizer_state" in hyper:  # the increment's resets
         resets["reset_optimizer_state"] = hyper.pop("reset_optimizer_state")
     step_size_decay = hyper.pop("step_size_decay")
-    config = None
-    if method is not None:
-        keys = method.config.__dataclass_fields__
-        config = method.config(**{k: hyper.pop(k) for k in list(hyper) if k in keys})
-    cbp = config if isinstance(config, CBPConfig) else None
-    if cbp is None and config is not None:
-        hyper["method"] = config
-    if trial["algorithm"] == "upgd":
-        hyper = upgd_settings(hyper)
-    else:
-        hyper["optimizer"] = "sgd"
     return IncrementalCifarConfig(
         width=network["width"],
         classes_per_block=settings["classes_per_block"],
@@ -515,6 +502,6 @@ def config_from_trial(trial: dict[str, Any]) -> IncrementalCifarConfig:
         validation_per_class=settings["validation_per_class"],
         probe_examples=settings["probe_examples"],
         step_size_decay=step_size_decay,
-        learner=LearnerSettings(algorithm=trial["algorithm"], cbp=cbp, **hyper),
+        learner=learner_settings(trial["algorithm"], hyper),  # SGD (the schema has no optimizer key), or UPGD
         **resets,
     )

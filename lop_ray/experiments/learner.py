@@ -160,24 +160,24 @@ def build_learner(
 
 def learner_from_trial(trial: dict[str, Any]) -> LearnerSettings:
     """The learner settings of one trial of a validated sweep (see `lop_ray.schema`)."""
-    hyper = dict(trial["hyperparameters"])
-    method = METHODS.get(trial["algorithm"])
-    config = None
+    return learner_settings(trial["algorithm"], dict(trial["hyperparameters"]))
+
+
+def learner_settings(algorithm: str, hyper: dict[str, Any]) -> LearnerSettings:
+    """`algorithm` with its hyper-parameters `hyper` (consumed): a method's own options go to its
+    config (`METHODS`; UPGD's to the optimizer's), the rest to the optimizer and L2 / S&P."""
+    method = METHODS.get(algorithm)
     if method is not None:
         fields = method.config.__dataclass_fields__
         config = method.config(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
-    if isinstance(config, CBPConfig):
-        return LearnerSettings(algorithm=trial["algorithm"], cbp=config, **hyper)
-    if trial["algorithm"] == "upgd":
-        return LearnerSettings(algorithm="upgd", **upgd_settings(hyper))
-    return LearnerSettings(algorithm=trial["algorithm"], method=config, **hyper)
-
-
-def upgd_settings(hyper: dict[str, Any]) -> dict[str, Any]:
-    """A UPGD trial's hyper-parameters as `LearnerSettings` keys: its own options go to `upgd`."""
-    fields = UPGDConfig.__dataclass_fields__
-    config = UPGDConfig(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
-    return {**hyper, "optimizer": "upgd", "upgd": config}
+        if isinstance(config, CBPConfig):
+            return LearnerSettings(algorithm=algorithm, cbp=config, **hyper)
+        return LearnerSettings(algorithm=algorithm, method=config, **hyper)
+    if algorithm == "upgd":
+        fields = UPGDConfig.__dataclass_fields__
+        config = UPGDConfig(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
+        return LearnerSettings(algorithm=algorithm, optimizer="upgd", upgd=config, **hyper)
+    return LearnerSettings(algorithm=algorithm, **hyper)
 
 
 def initial_mlp(

@@ -73,10 +73,10 @@ class MLP(UnitNetwork):
     order from `generators[s]`, so its slice is a function of its seed alone.
 
     Extended Data Fig. 4's methods: `online_norm` normalises each hidden layer's pre-activation
-    (`OnlineNorm`; `layer_norm` instead: `SeedLayerNorm`, Lyle et al. 2024), `crelu` makes every
-    hidden unit a CReLU (`crelu`, Abbas et al. 2023), `dropout` drops each hidden layer's output in training mode, with masks that are
-    counter-based draws of each seed's `dropout_keys` and the step (`dropout_steps`, a buffer, so
-    in the checkpoint), the same for a seed in any batch.
+    (`OnlineNorm`; `layer_norm` instead: `SeedLayerNorm`, Lyle et al. 2024), `dropout` drops each
+    hidden layer's output in training mode, with masks that are counter-based draws of each seed's
+    `dropout_keys` and the step (`dropout_steps`, a buffer, so in the checkpoint), the same for a
+    seed in any batch. `crelu` makes every hidden unit a CReLU (`crelu`, Abbas et al. 2023).
     """
 
     # one-hidden-layer regression nets step through `one_example_kernel`; False keeps PyTorch ops

@@ -8,6 +8,7 @@ other network, and `forward` returns the hidden activations they and the metrics
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -16,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lop_ray.nets.activations import make_activation
-from lop_ray.nets.units import UnitGroup, UnitNetwork
+from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer
 
 
 class LecunMLP(UnitNetwork):
@@ -33,9 +34,9 @@ class LecunMLP(UnitNetwork):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         with torch.no_grad():
             for layer in self.layers:
-                bound = math.sqrt(3.0 / layer.in_features)
-                layer.weight.uniform_(-bound, bound, generator=generator)
-                layer.bias.zero_()
+                weight, bias = _lecun_draw(layer.weight.shape, generator)
+                layer.weight.copy_(weight)
+                layer.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         activations = []
@@ -51,8 +52,26 @@ class LecunMLP(UnitNetwork):
             for i in range(len(self.layers) - 1)
         ]
 
+    def weight_layers(self) -> list[WeightLayer]:
+        """Each linear layer (one seed: S = 1) with the constructor's lecun-uniform draw."""
+        return [
+            WeightLayer(
+                f"hidden{i}" if i < len(self.layers) - 1 else "output",
+                SeedView.split(layer.weight),
+                SeedView.split(layer.bias),
+                functools.partial(_lecun_draw, layer.weight.shape),
+            )
+            for i, layer in enumerate(self.layers)
+        ]
+
     def weight_matrices(self) -> list[torch.Tensor]:
         return [layer.weight for layer in self.layers]
+
+
+def _lecun_draw(shape: torch.Size, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's (out, in) weights U(±√(3/fan_in)) and zero bias, drawn from `generator`."""
+    bound = math.sqrt(3.0 / shape[1])
+    return torch.empty(shape).uniform_(-bound, bound, generator=generator), torch.zeros(shape[0])
 
 
 class GaussianPolicy(LecunMLP):

@@ -216,10 +216,7 @@ class UnitNetwork(nn.Module, abc.ABC):
         perturbs per seed). A network of one seed's modules: each parameter as S = 1."""
         return [SeedView.split(p) for p in self.parameters()]
 
+    @abc.abstractmethod
     def weight_layers(self) -> list[WeightLayer]:
-        """Every weight layer in forward order, the output layer last (what layer and full resets
-        redraw). A network that does not list them cannot be reset layer by layer."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not list its weight layers (weight_layers()), so layer and full"
-            " resets cannot run on it"
-        )
+        """Every weight layer in forward order, the output layer last, each with its constructor's
+        draw (what layer and full resets redraw, and Parseval regularises)."""
