@@ -75,7 +75,7 @@ class SweepFile(Strict):
     algorithms: list[dict[str, Any]] = Field(min_length=1)
     seeds: Seeds = Field(default=[0])
     # seeds of one configuration run together in one Tune trial, in one network with a seed axis
-    # (every supervised algorithm; `ProblemSpec.seed_batched_algorithms` names exceptions: PPO)
+    # (every algorithm of every problem)
     seeds_per_trial: Count = Field(1, ge=1)
     num_tasks: Count = Field(ge=1)
     # one mode, or a list of modes: a grid, every trial run in each (side by side on the same seeds)
@@ -294,10 +294,7 @@ class _Validator:
                     "varying": {**varying_net, **varying_algo, **varying_fidelity},
                     "fidelity": fidelity,
                     "seed": seed,
-                    # algorithms without a seed-batched learner run one seed per Tune trial
-                    "seeds_per_trial": top.seeds_per_trial
-                    if spec.seed_batched_algorithms is None or algorithm in spec.seed_batched_algorithms
-                    else 1,
+                    "seeds_per_trial": top.seeds_per_trial,
                     "num_tasks": top.num_tasks,
                     "num_steps": steps,
                 }

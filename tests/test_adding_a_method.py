@@ -34,4 +34,3 @@ def test_every_registered_method_is_offered_by_every_supervised_problem():
         assert name in SUPERVISED_ALGORITHMS
         for spec in (REGRESSION, PERMUTED_MNIST, CONTINUAL_IMAGENET):
             assert name in spec.algorithms, (spec.name, name)
-            assert spec.seed_batched_algorithms is None or name in spec.seed_batched_algorithms

@@ -67,10 +67,11 @@ def test_clipped_loss_on_a_tiny_case():
 
 
 def test_networks_are_lecun_uniform_with_zero_bias():
-    policy = GaussianPolicy(111, 8, generator=torch.Generator().manual_seed(0))
-    value = ValueNetwork(111, generator=torch.Generator().manual_seed(0))
+    policy = GaussianPolicy(111, 8, generators=torch.Generator().manual_seed(0))
+    value = ValueNetwork(111, generators=torch.Generator().manual_seed(0))
     for net in (policy, value):
         for layer in net.layers:
+            assert layer.weight.shape[0] == 1  # one seed
             bound = math.sqrt(3.0 / layer.in_features)
             assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
             assert torch.all(layer.bias == 0)
@@ -81,25 +82,25 @@ def test_networks_are_lecun_uniform_with_zero_bias():
 
 
 def test_acting_policy_computes_what_the_torch_policy_computes():
-    policy = GaussianPolicy(11, 3, generator=torch.Generator().manual_seed(1))
+    policy = GaussianPolicy(11, 3, generators=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        policy.log_std.copy_(torch.tensor([-0.5, 0.0, 0.3]))
+        policy.log_std.copy_(torch.tensor([[-0.5, 0.0, 0.3]]))
     acting = ActingPolicy()
-    acting.load(policy_weights(policy))
+    acting.load(policy_weights(policy), rows=[0] * 4)  # four envs of the one seed
     obs = np.random.default_rng(0).standard_normal((4, 11)).astype(np.float32)
     noise = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
     actions, log_probs = acting.act(obs, noise)
     with torch.no_grad():
-        mean, _ = policy(torch.from_numpy(obs))
-        expected = mean + policy.log_std.exp() * torch.from_numpy(noise)
+        mean, _ = policy(torch.from_numpy(obs).unsqueeze(0))
+        expected = mean + policy.log_std.exp().unsqueeze(1) * torch.from_numpy(noise)
         expected_logp = policy.log_prob(mean, expected)
-    np.testing.assert_allclose(actions, expected.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(log_probs, expected_logp.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(actions, expected[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_probs, expected_logp[0].numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_redo_resets_dormant_units_every_period():
     torch.manual_seed(0)
-    net = ValueNetwork(4, hidden=(6, 5), generator=torch.Generator().manual_seed(0))
+    net = ValueNetwork(4, hidden=(6, 5), generators=torch.Generator().manual_seed(0))
     optimizer = make_optimizer(net.parameters(), "adam", 1e-3)
     redo = ReDo(
         net.unit_groups(),
@@ -107,8 +108,8 @@ def test_redo_resets_dormant_units_every_period():
         ReDoConfig(threshold=0.1, reset_period=3),
         torch.Generator().manual_seed(1),
     )
-    h1 = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.05, 1.0]] * 2)  # units 2 (0) and 4 (score 0.06) dormant
-    h2 = torch.ones(2, 5)
+    h1 = torch.tensor([[[1.0, 1.0, 0.0, 1.0, 0.05, 1.0]] * 2])  # units 2 (0) and 4 (score 0.06) dormant
+    h2 = torch.ones(1, 2, 5)
     with torch.no_grad():
         net.layers[1].weight.fill_(0.7)
     before = net.layers[0].weight.detach().clone()
@@ -116,10 +117,12 @@ def test_redo_resets_dormant_units_every_period():
     redo.after_step([h1, h2])
     assert torch.equal(net.layers[0].weight, before)  # not yet: every 3rd step
     redo.after_step([h1, h2])
-    changed = (net.layers[0].weight != before).any(dim=1)
+    changed = (net.layers[0].weight[0] != before[0]).any(dim=1)
     assert changed.tolist() == [False, False, True, False, True, False]
-    assert torch.all(net.layers[0].bias[[2, 4]] == 0)
-    assert torch.all(net.layers[1].weight[:, [2, 4]] == 0) and torch.all(net.layers[1].weight[:, 0] == 0.7)
+    assert torch.all(net.layers[0].bias[0, [2, 4]] == 0)
+    assert torch.all(net.layers[1].weight[0, :, [2, 4]] == 0) and torch.all(
+        net.layers[1].weight[0, :, 0] == 0.7
+    )
     assert redo.replaced_total == 2
     # an all-zero layer has no score: nothing happens (the original's NaN comparison)
     assert not redo.dormant(torch.zeros(1, 2, 6)).any()
@@ -160,7 +163,9 @@ def _tiny(env: str = "Hopper-v5", **kwargs) -> PPOExperimentConfig:
     return PPOExperimentConfig(**{**base, **kwargs})
 
 
-def _same(a: dict, b: dict) -> bool:
+def _same(a: dict | list[dict], b: dict | list[dict]) -> bool:
+    if isinstance(a, list):  # one metrics dict per seed
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     keys = set(a) - {"env_steps_per_second"}
     return keys == set(b) - {"env_steps_per_second"} and all(
         a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in keys
@@ -206,7 +211,7 @@ def test_resume_is_bit_identical(config):
     for a, b in zip(resumed.policy.parameters(), straight.policy.parameters(), strict=True):
         assert torch.equal(a, b)
     if config.policy_cbp is not None or config.redo is not None:
-        assert expected[1]["replaced_units"] > 0  # the interventions ran, so their state was resumed
+        assert expected[1][0]["replaced_units"] > 0  # the interventions ran, so their state was resumed
 
 
 def test_same_seed_and_layout_give_the_same_run_and_another_seed_differs():
@@ -218,7 +223,7 @@ def test_same_seed_and_layout_give_the_same_run_and_another_seed_differs():
 
 def test_the_plasticity_metrics_are_logged_and_measure_the_update():
     experiment = PPOExperiment(_tiny())
-    first = experiment.run_step()
+    [first] = experiment.run_step()
     assert first["distance_from_init"] > 0 and first["gradient_norm"] > 0
     assert 0 < first["active_fraction"] <= 1 and first["feature_churn"] > 0
     # the distance is ‖θ − θ₀‖₂ over both nets, θ₀ as built from the seed
@@ -227,7 +232,7 @@ def test_the_plasticity_metrics_are_logged_and_measure_the_update():
     initial = [*fresh.policy.parameters(), *fresh.value.parameters()]
     squares = sum(float((p - q).detach().double().pow(2).sum()) for p, q in zip(params, initial, strict=True))
     assert first["distance_from_init"] == pytest.approx(math.sqrt(squares), rel=1e-12)
-    assert experiment.run_step()["distance_from_init"] != first["distance_from_init"]
+    assert experiment.run_step()[0]["distance_from_init"] != first["distance_from_init"]
 
 
 def _random_policy_return(env: str, episodes: int, seed: int = 0) -> float:
@@ -258,5 +263,5 @@ def test_ppo_learns_hopper():
     random_return = _random_policy_return("Hopper-v5", episodes=200)
     config = PPOExperimentConfig(env="Hopper-v5", seed=0, iterations_per_step=5, step_size=3e-4)
     experiment = PPOExperiment(config)
-    returns = [experiment.run_step()["episodic_return"] for _ in range(6)]
+    returns = [experiment.run_step()[0]["episodic_return"] for _ in range(6)]
     assert returns[-1] > 5 * random_return, (random_return, returns)  # measured: ~15 vs ~200

@@ -49,7 +49,9 @@ def ray_3cpu():
         os.environ["RAY_TMPDIR"] = before
 
 
-def _same(a: dict, b: dict) -> bool:
+def _same(a: dict | list[dict], b: dict | list[dict]) -> bool:
+    if isinstance(a, list):  # one metrics dict per seed
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     keys = set(a) - {"env_steps_per_second"}
     return keys == set(b) - {"env_steps_per_second"} and all(
         a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in keys
@@ -142,7 +144,7 @@ def test_tiny_sweep_through_tune_with_two_runner_actors(tmp_path, ray_3cpu):
     assert run.info.status == "FINISHED"
     for key in ("episodic_return", "env_steps", "stable_rank", "dormant_units_percent", "weight_magnitude"):
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-        assert [m.value for m in history] == pytest.approx([row[key] for row in expected], rel=1e-6), key
+        assert [m.value for m in history] == pytest.approx([row[0][key] for row in expected], rel=1e-6), key
     assert [m.value for m in client.get_metric_history(run.info.run_id, "env_steps")] == [256.0, 512.0]
     assert (Path(outcome.results_dir) / "episodic_return.png").exists()
 

@@ -808,7 +808,7 @@ num_tasks: 2
     assert all(t["seeds_per_trial"] == 2 for t in sweep.trials)
 
 
-def test_algorithms_without_a_batched_learner_run_one_seed_per_tune_trial(tmp_path):
+def test_every_problem_batches_the_seeds_of_a_configuration(tmp_path):
     text = """\
 name: hopper
 problem: {name: rl, env: Hopper-v5}
@@ -819,8 +819,8 @@ seeds_per_trial: 3
 num_tasks: 2
 """
     sweep = load_sweep(_write(tmp_path, text))
-    assert [len(group) for group in sweep.groups] == [1, 1, 1]
-    assert all(t["seeds_per_trial"] == 1 for t in sweep.trials)
+    assert [len(group) for group in sweep.groups] == [3]  # PPO's learner is batched (issue 15)
+    assert all(t["seeds_per_trial"] == 3 for t in sweep.trials)
     digits = load_sweep(
         _write(
             tmp_path,

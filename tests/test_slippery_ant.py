@@ -67,8 +67,8 @@ def test_schedule_changes_at_the_first_episode_end_after_the_period():
 def test_slippery_runner_follows_its_row_and_resumes_it():
     spec = RunnerSpec(
         env="SlipperyAnt-v5",
-        seed=2,
-        env_indices=(0,),
+        seeds=(2,),
+        slots=((0, 0),),
         total_envs=1,
         hidden=(8,),
         max_episode_steps=50,
@@ -76,7 +76,7 @@ def test_slippery_runner_follows_its_row_and_resumes_it():
     )
     weights = policy_weights(GaussianPolicy(105, 8, hidden=(8,)))  # Ant-v5's 105-d observation
     runner = EnvRunner(spec)
-    model = runner.envs.envs[0].unwrapped.model
+    model = runner.envs[0].unwrapped.model
     row = friction_rows()[2]
     assert np.all(model.geom_friction[:, 0] == row[0]) and np.all(model.geom_friction[:, 1:] == 0.5)
     first = runner.collect(weights, 200)
@@ -91,4 +91,4 @@ def test_slippery_runner_follows_its_row_and_resumes_it():
     assert index >= 2 and list(got.frictions) == list(expected.frictions) == [row[index]]
     np.testing.assert_array_equal(got.obs, expected.obs)
     np.testing.assert_array_equal(got.rewards, expected.rewards)
-    assert np.all(resumed.envs.envs[0].unwrapped.model.geom_friction[:, 0] == row[index])
+    assert np.all(resumed.envs[0].unwrapped.model.geom_friction[:, 0] == row[index])

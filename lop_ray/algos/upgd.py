@@ -21,35 +21,15 @@ s = σ(−∞) = 0: the plain noisy step; the reference divides by it as it is (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from lop_ray.algos.seed_noise import SeedNoise
+from lop_ray.nets.seed_elementwise import per_seed_elementwise
 from lop_ray.nets.units import SeedView
-
-_LANES = 64  # a multiple of twice every CPU vector width: no element falls to the scalar tail loop
-_ONE_CHUNK = 32768  # PyTorch's grain size: an op on fewer elements runs as one loop in one thread
-
-
-def per_seed_elementwise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """`fn` (an elementwise transcendental: exp, pow, sigmoid) of `x` (S, …), seed s's values the
-    same whatever S is. PyTorch's CPU kernels compute a tensor's elements in vector lanes and its
-    last few in a scalar loop, whose results differ in the last bit; where seed s's elements fall
-    depends on S. So each seed's row is padded to a whole number of vector blocks: all seeds in one
-    call while that is one loop, else seed by seed (each row then the same call as alone)."""
-    seeds = x.shape[0]
-    flat = x.reshape(seeds, -1)
-    count = flat.shape[1]
-    padded = flat.new_zeros(seeds, -(-count // _LANES) * _LANES)
-    padded[:, :count] = flat
-    if padded.numel() <= _ONE_CHUNK:
-        out = fn(padded)
-    else:
-        out = torch.stack([fn(row) for row in padded])
-    return out[:, :count].reshape(x.shape)
 
 
 @dataclass(frozen=True)

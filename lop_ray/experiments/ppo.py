@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from lop_ray.algos.cbp import CBPConfig, ContinualBackprop
 from lop_ray.algos.counter_rng import seed_keys
 from lop_ray.algos.optim import make_optimizer
-from lop_ray.algos.ppo import PPOConfig, PPOLearner
+from lop_ray.algos.ppo import PPOConfig, PPOLearner, per_seed_norm
 from lop_ray.algos.redo import ReDo, ReDoConfig
 from lop_ray.algos.running_stats import RewardScaler, RunningMeanStd, normalize
 from lop_ray.data.seeding import LEARNER, generator
@@ -33,7 +34,7 @@ from lop_ray.nets.policy import GaussianPolicy, ValueNetwork
 from lop_ray.plasticity_metrics import active_fraction, feature_churn
 from lop_ray.rl.envs import MAX_EPISODE_STEPS
 from lop_ray.rl.friction import CHANGE_EVERY
-from lop_ray.rl.runner import OBS_CLIP, LocalRunners, RunnerSpec, env_dims, policy_weights, split_envs
+from lop_ray.rl.runner import OBS_CLIP, LocalRunners, RunnerSpec, env_dims, policy_weights, split_slots
 
 # learner-generator purpose tags (the env runners use ACTION_NOISE = 1)
 INIT, MINIBATCHES, INTERVENTIONS = 0, 2, 3
@@ -50,6 +51,9 @@ class PPOExperimentConfig:
     iterations_per_step: int = 1
     num_runners: int = 1
     envs_per_runner: int = 1
+    # each seed's envs; None: num_runners × envs_per_runner (one seed's envs spread over the runners)
+    envs_per_seed: int | None = None
+    env_threads: int = 1  # threads stepping each runner's envs
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -68,7 +72,10 @@ class PPOExperimentConfig:
 
     @property
     def total_envs(self) -> int:
-        return self.num_runners * self.envs_per_runner
+        """Envs of each seed (all seeds' envs together are spread evenly over the runners)."""
+        return (
+            self.envs_per_seed if self.envs_per_seed is not None else self.num_runners * self.envs_per_runner
+        )
 
     @property
     def steps_per_env(self) -> int:
@@ -77,52 +84,73 @@ class PPOExperimentConfig:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of the {self.total_envs} envs")
         return self.batch_size // self.total_envs
 
-    def runner_specs(self) -> list[RunnerSpec]:
+    def runner_specs(self, seeds: Sequence[int] | None = None) -> list[RunnerSpec]:
+        """The runners of a run of `seeds` (default: the config's one): the seeds' envs in seed-major
+        order, cut into `num_runners` equal blocks."""
+        seeds = tuple(int(s) for s in (seeds if seeds is not None else [self.seed]))
         return [
             RunnerSpec(
                 env=self.env,
-                seed=self.seed,
-                env_indices=indices,
+                seeds=seeds,
+                slots=slots,
                 total_envs=self.total_envs,
                 ant_observation=self.ant_observation,
                 hidden=self.hidden,
                 activation=self.activation,
                 friction_change_every=self.friction_change_every,
                 max_episode_steps=self.max_episode_steps,
+                threads=self.env_threads,
             )
-            for indices in split_envs(self.total_envs, self.num_runners)
+            for slots in split_slots(len(seeds), self.total_envs, self.num_runners)
         ]
 
 
 class PPOExperiment:
-    """One run; `run_step()` runs `iterations_per_step` PPO iterations and returns their metrics."""
+    """One run of S seeds (`seeds`; default the config's one): `run_step()` runs
+    `iterations_per_step` PPO iterations of every seed and returns each seed's metrics, in order.
 
-    def __init__(self, config: PPOExperimentConfig, runners=None, device: str | torch.device = "cpu") -> None:
+    Every seed has its own envs, friction schedule, normalisers and generators; the networks, Adam
+    and the interventions hold all seeds on their seed axis, so acting is one call per env step and
+    the update one pass per minibatch for all of them, and each seed's numbers are those it gets
+    alone (tests/test_ppo_seed_batched.py)."""
+
+    def __init__(
+        self,
+        config: PPOExperimentConfig,
+        runners=None,
+        device: str | torch.device = "cpu",
+        seeds: Sequence[int] | None = None,
+    ) -> None:
         self.config = config
+        self.seeds = [config.seed] if seeds is None else [int(s) for s in seeds]
         self.device = torch.device(device)
         obs_dim, action_dim = env_dims(config.env, config.ant_observation)
-        init = generator(config.seed, LEARNER, INIT)  # CPU draws: the same nets on any device
-        self.policy = GaussianPolicy(obs_dim, action_dim, config.hidden, config.activation, init).to(
+        inits = [generator(s, LEARNER, INIT) for s in self.seeds]  # CPU draws: the same nets on any device
+        self.policy = GaussianPolicy(obs_dim, action_dim, config.hidden, config.activation, inits).to(
             self.device
         )
-        self.value = ValueNetwork(obs_dim, config.hidden, config.activation, init).to(self.device)
+        self.value = ValueNetwork(obs_dim, config.hidden, config.activation, inits).to(self.device)
         optimizer = self._optimizer([*self.policy.parameters(), *self.value.parameters()])
-        self.intervention_generator = generator(config.seed, LEARNER, INTERVENTIONS, device=self.device)
+        self.intervention_generators = [generator(s, LEARNER, INTERVENTIONS) for s in self.seeds]
         policy_interventions, value_interventions = self._interventions(optimizer)
         self.learner = PPOLearner(
             self.policy,
             self.value,
             optimizer,
             config.ppo,
-            generator(config.seed, LEARNER, MINIBATCHES),
+            [generator(s, LEARNER, MINIBATCHES) for s in self.seeds],
             policy_interventions,
             value_interventions,
         )
-        self.obs_stats = RunningMeanStd((obs_dim,)) if config.normalize_observations else None
-        self.reward_scaler = (
-            RewardScaler(config.total_envs, config.ppo.gamma) if config.normalize_rewards else None
+        self.obs_stats = (
+            [RunningMeanStd((obs_dim,)) for _ in self.seeds] if config.normalize_observations else None
         )
-        self.runners = runners if runners is not None else LocalRunners(config.runner_specs())
+        self.reward_scalers = (
+            [RewardScaler(config.total_envs, config.ppo.gamma) for _ in self.seeds]
+            if config.normalize_rewards
+            else None
+        )
+        self.runners = runners if runners is not None else LocalRunners(config.runner_specs(self.seeds))
         # θ₀ of the distance metric: the nets as built, a function of the seed (a resumed run, which
         # rebuilds them before loading its checkpoint, holds the same)
         self.initial = [p.detach().clone() for p in (*self.policy.parameters(), *self.value.parameters())]
@@ -132,7 +160,8 @@ class PPOExperiment:
     def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """One Adam over both nets and the log-std, L2 coupled. Our per-element-step Adam where an
         intervention restarts the Adam state of single units; otherwise PyTorch's own (the
-        original's), whose single step count per tensor saves a bias-correction pass per step."""
+        original's), whose single step count per tensor saves a bias-correction pass per step (every
+        seed takes the same number of steps, so one count serves them all)."""
         cfg = self.config
         resets = [c.reset_optimizer_state for c in (cfg.policy_cbp, cfg.value_cbp, cfg.redo) if c is not None]
         if any(resets):
@@ -149,33 +178,36 @@ class PPOExperiment:
         )
 
     def _interventions(self, optimizer) -> tuple[list, list]:
-        cfg, gen = self.config, self.intervention_generator
+        cfg, gens = self.config, self.intervention_generators
         policy, value = [], []
-        # both draw new weights from the one intervention generator, in turn (never ahead), and
-        # their per-step draws from counter streams of keys of their own
-        keys = seed_keys([cfg.seed], self.device)
+        # both draw new weights from each seed's one intervention generator, in turn (never ahead),
+        # and their per-step draws from counter streams of keys of their own
+        keys = seed_keys(self.seeds, self.device)
         if cfg.policy_cbp is not None:
             policy.append(
                 ContinualBackprop(
-                    self.policy.unit_groups(), optimizer, cfg.policy_cbp, gen, keys, draw_ahead=False
+                    self.policy.unit_groups(), optimizer, cfg.policy_cbp, gens, keys, draw_ahead=False
                 )
             )
         if cfg.value_cbp is not None:
             value.append(
                 ContinualBackprop(
-                    self.value.unit_groups(), optimizer, cfg.value_cbp, gen, keys ^ 1, draw_ahead=False
+                    self.value.unit_groups(), optimizer, cfg.value_cbp, gens, keys ^ 1, draw_ahead=False
                 )
             )
         if cfg.redo is not None:
-            policy.append(ReDo(self.policy.unit_groups(), optimizer, cfg.redo, gen))
-            value.append(ReDo(self.value.unit_groups(), optimizer, cfg.redo, gen))
+            policy.append(ReDo(self.policy.unit_groups(), optimizer, cfg.redo, gens))
+            value.append(ReDo(self.value.unit_groups(), optimizer, cfg.redo, gens))
         return policy, value
 
-    def run_step(self) -> dict[str, float]:
+    def run_step(self) -> list[dict[str, float]]:
         start = time.perf_counter()
-        returns, lengths, updates = [], [], []
+        num_seeds = len(self.seeds)
+        returns: list[list[float]] = [[] for _ in self.seeds]
+        lengths: list[list[int]] = [[] for _ in self.seeds]
+        updates = []
         frictions = np.zeros(0)
-        probe: dict[str, float] = {}
+        probe: list[dict[str, float]] = [{} for _ in self.seeds]
         for iteration in range(self.config.iterations_per_step):
             last = iteration == self.config.iterations_per_step - 1
             rollouts = self.runners.collect(
@@ -185,73 +217,98 @@ class PPOExperiment:
             probe = measured or probe
             updates.append(batch_stats)
             for rollout in rollouts:
-                returns.extend(rollout.episode_returns.tolist())
-                lengths.extend(rollout.episode_lengths.tolist())
+                for k, episode_return, length in zip(
+                    rollout.episode_seeds, rollout.episode_returns, rollout.episode_lengths, strict=True
+                ):
+                    returns[k].append(float(episode_return))
+                    lengths[k].append(int(length))
             frictions = np.concatenate([r.frictions for r in rollouts])
             if self.obs_stats is not None:  # after the update: the batch was learnt as it was acted on
-                self.obs_stats.update(obs.reshape(-1, obs.shape[-1]))
+                for k, stats in enumerate(self.obs_stats):
+                    stats.update(obs[:, k].reshape(-1, obs.shape[-1]))
         seconds = time.perf_counter() - start
         step_env_steps = self.config.iterations_per_step * self.config.batch_size
         self.env_steps += step_env_steps
         self.steps_done += 1
-        metrics = {
-            "episodic_return": float(np.mean(returns)) if returns else math.nan,
-            "episodes": float(len(returns)),
-            "episode_length": float(np.mean(lengths)) if lengths else math.nan,
-            "env_steps": float(self.env_steps),
-            "env_steps_per_second": step_env_steps / seconds,
-            "policy_entropy": float(self.policy.entropy().detach()),
-            "policy_loss": float(np.mean([u["policy_loss"] for u in updates])),
-            "value_loss": float(np.mean([u["value_loss"] for u in updates])),
-            "clip_fraction": float(np.mean([u["clip_fraction"] for u in updates])),
-            "max_weight_change": float(max(u["weight_change"] for u in updates)),
-            "gradient_norm": float(np.mean([u["gradient_norm"] for u in updates])),
-            "distance_from_init": self._distance_from_initial(),
-            **self._weight_metrics(),
-            **probe,
-        }
-        if len(frictions):
-            metrics["friction"] = float(frictions[0])  # env 0's; every env follows the same row
+        entropy = self.policy.entropy().detach().tolist()
+        distance = self._distance_from_initial()
+        weights = self._weight_metrics()
         replaced = [
-            i.replaced_total for i in self.learner.policy_interventions + self.learner.value_interventions
+            i.replaced_total.tolist()
+            for i in self.learner.policy_interventions + self.learner.value_interventions
         ]
-        if replaced:
-            metrics["replaced_units"] = float(sum(replaced))
-        return metrics
+        per_seed = []
+        for k in range(num_seeds):
+
+            def over_updates(name: str, reduce=np.mean, k=k) -> float:
+                return float(reduce([u[name][k] for u in updates]))
+
+            metrics = {
+                "episodic_return": float(np.mean(returns[k])) if returns[k] else math.nan,
+                "episodes": float(len(returns[k])),
+                "episode_length": float(np.mean(lengths[k])) if lengths[k] else math.nan,
+                "env_steps": float(self.env_steps),
+                # every seed's steps: the rate of the run (the seeds advance together)
+                "env_steps_per_second": num_seeds * step_env_steps / seconds,
+                "policy_entropy": float(entropy[k]),
+                "policy_loss": over_updates("policy_loss"),
+                "value_loss": over_updates("value_loss"),
+                "clip_fraction": over_updates("clip_fraction"),
+                "max_weight_change": over_updates("weight_change", max),
+                "gradient_norm": over_updates("gradient_norm"),
+                "distance_from_init": distance[k],
+                **weights[k],
+                **probe[k],
+            }
+            if len(frictions):  # env 0's of the seed; every env of a seed follows the same row
+                metrics["friction"] = float(frictions[k * self.config.total_envs])
+            if replaced:
+                metrics["replaced_units"] = float(sum(r[k] for r in replaced))
+            per_seed.append(metrics)
+        return per_seed
 
     @torch.no_grad()
-    def _distance_from_initial(self) -> float:
-        """‖θ − θ₀‖₂ over both nets and the log-std (docs/methods.md, "Metrics")."""
+    def _distance_from_initial(self) -> list[float]:
+        """Each seed's ‖θ − θ₀‖₂ over both nets and the log-std (docs/methods.md, "Metrics")."""
         params = (*self.policy.parameters(), *self.value.parameters())
-        squares = sum(
-            float((p - p0).double().pow(2).sum()) for p, p0 in zip(params, self.initial, strict=True)
-        )
-        return math.sqrt(squares)
+        moved = [(p - p0).double() for p, p0 in zip(params, self.initial, strict=True)]
+        return per_seed_norm(moved).tolist()
 
-    def _stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+    def _stats(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
         if self.obs_stats is None:
             return None
-        return self.obs_stats.mean.float().numpy(), self.obs_stats.var.float().numpy()
+        return [(s.mean.float().numpy(), s.var.float().numpy()) for s in self.obs_stats]
 
-    def _learn(self, rollouts, probe: bool = True) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
-        """Join the runners' rollouts (global env order), measure the acting policy (`probe`), update."""
+    def _learn(
+        self, rollouts, probe: bool = True
+    ) -> tuple[torch.Tensor, dict[str, list[float]], list[dict[str, float]]]:
+        """Join the runners' rollouts (seed-major slot order) into (time, seed, env, ...), measure the
+        acting policy (`probe`), update."""
+        seeds, envs = len(self.seeds), self.config.total_envs
 
         def joined(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.concatenate([getattr(r, name) for r in rollouts], axis=1))
+            x = np.concatenate([getattr(r, name) for r in rollouts], axis=1)
+            return torch.from_numpy(x.reshape(x.shape[0], seeds, envs, *x.shape[2:]))
 
         obs_raw = joined("obs")
-        last_raw = torch.from_numpy(np.concatenate([r.last_obs for r in rollouts], axis=0))
+        last_raw = torch.from_numpy(np.concatenate([r.last_obs for r in rollouts], axis=0)).reshape(
+            seeds, envs, -1
+        )
         obs, last_obs = obs_raw, last_raw
         if self.obs_stats is not None:
-            stats = tuple(torch.from_numpy(s) for s in self._stats())
-            obs, last_obs = normalize(obs_raw, *stats, OBS_CLIP), normalize(last_raw, *stats, OBS_CLIP)
+            mean, var = (torch.stack([torch.from_numpy(s[i]) for s in self._stats()]) for i in (0, 1))
+            obs = normalize(obs_raw, mean.unsqueeze(1), var.unsqueeze(1), OBS_CLIP)
+            last_obs = normalize(last_raw, mean.unsqueeze(1), var.unsqueeze(1), OBS_CLIP)
         rewards, dones = joined("rewards"), joined("dones")
-        if self.reward_scaler is not None:
-            rewards = self.reward_scaler(rewards, dones)
+        if self.reward_scalers is not None:
+            rewards = torch.stack(
+                [scaler(rewards[:, k], dones[:, k]) for k, scaler in enumerate(self.reward_scalers)], dim=1
+            )
         dev = self.device
-        measured, recent, features = self._probe(obs.to(dev)) if probe else ({}, None, None)
+        obs = obs.to(dev)
+        measured, recent, features = self._probe(obs) if probe else ([], None, None)
         batch = self.learner.batch(
-            obs.to(dev),
+            obs,
             joined("actions").to(dev),
             joined("log_probs").to(dev),
             rewards.to(dev),
@@ -262,60 +319,81 @@ class PPOExperiment:
         if recent is not None:  # how much the update moved the acting policy's features of its inputs
             with torch.no_grad():
                 after = self.policy(recent)[1][-1]
-            measured["feature_churn"] = float(feature_churn(features.unsqueeze(0), after.unsqueeze(0))[0])
+            churn = feature_churn(features, after).tolist()
+            for metrics, value in zip(measured, churn, strict=True):
+                metrics["feature_churn"] = float(value)
         return obs_raw, update, measured
 
     @torch.no_grad()
-    def _probe(self, obs: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-        """Dormant policy units and the stable rank of its last hidden layer on the last 1,000
-        observations the policy acted on (spec/problems.md §5, Logged), and the fraction of active
-        units there; with those observations and their last hidden features, for the churn."""
-        steps, envs = obs.shape[:2]
+    def _probe(self, obs: torch.Tensor) -> tuple[list[dict[str, float]], torch.Tensor, torch.Tensor]:
+        """Each seed's dormant policy units and the stable rank of its last hidden layer on the last
+        1,000 observations its policy acted on (spec/problems.md §5, Logged), and the fraction of
+        active units there; with those observations (seed, 1000, obs) and their last hidden
+        features, for the churn."""
+        steps, seeds, envs = obs.shape[:3]
         rows = math.ceil(PROBE_STEPS / envs)
-        recent = obs[-rows:].reshape(-1, obs.shape[-1])[-PROBE_STEPS:]
+        recent = obs[-rows:].transpose(0, 1).reshape(seeds, -1, obs.shape[-1])[:, -PROBE_STEPS:]
         _, hidden = self.policy(recent)
-        active = torch.cat([(h > 0).float().mean(dim=0) for h in hidden])
-        width = hidden[-1].shape[1]
-        stable = rank_summaries(hidden[-1])["abs_approximate_rank"]
-        metrics = {
-            "dormant_units_percent": 100.0 * float((active <= DORMANT_FRACTION).float().mean()),
-            "stable_rank": stable,
-            "stable_rank_percent": 100.0 * stable / width,
-            "active_fraction": float(active_fraction([h.unsqueeze(0) for h in hidden])[0]),
-        }
-        return metrics, recent, hidden[-1].clone()
+        active = torch.cat([(h > 0).float().mean(dim=1) for h in hidden], dim=1)  # (seed, units)
+        width = hidden[-1].shape[2]
+        fractions = active_fraction(hidden).tolist()
+        measured = []
+        for k in range(seeds):
+            stable = rank_summaries(hidden[-1][k])["abs_approximate_rank"]
+            measured.append(
+                {
+                    "dormant_units_percent": 100.0 * float((active[k] <= DORMANT_FRACTION).float().mean()),
+                    "stable_rank": stable,
+                    "stable_rank_percent": 100.0 * stable / width,
+                    "active_fraction": float(fractions[k]),
+                }
+            )
+        return measured, recent, hidden[-1].clone()
 
-    def _weight_metrics(self) -> dict[str, float]:
-        metrics = {}
+    def _weight_metrics(self) -> list[dict[str, float]]:
+        """Each seed's mean |weight| per layer of both nets, and over the policy's weights."""
+        seeds = len(self.seeds)
+        metrics: list[dict[str, float]] = [{} for _ in range(seeds)]
         for name, net in (("policy", self.policy), ("value", self.value)):
             for index, weight in enumerate(net.weight_matrices()):
-                metrics[f"{name}_weight_magnitude_layer{index}"] = float(weight.detach().abs().mean())
+                for k in range(seeds):  # seed by seed: see per_seed_norm
+                    metrics[k][f"{name}_weight_magnitude_layer{index}"] = float(
+                        weight[k].detach().abs().mean()
+                    )
         matrices = self.policy.weight_matrices()
-        metrics["weight_magnitude"] = sum(float(w.detach().abs().sum()) for w in matrices) / sum(
-            w.numel() for w in matrices
-        )
+        count = sum(w[0].numel() for w in matrices)
+        for k in range(seeds):
+            metrics[k]["weight_magnitude"] = sum(float(w[k].detach().abs().sum()) for w in matrices) / count
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "seeds": list(self.seeds),
             "steps_done": self.steps_done,
             "env_steps": self.env_steps,
             "learner": self.learner.state_dict(),
-            "intervention_generator": self.intervention_generator.get_state(),
-            "obs_stats": None if self.obs_stats is None else self.obs_stats.state_dict(),
-            "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
+            "intervention_generators": [g.get_state() for g in self.intervention_generators],
+            "obs_stats": None if self.obs_stats is None else [s.state_dict() for s in self.obs_stats],
+            "reward_scalers": None
+            if self.reward_scalers is None
+            else [s.state_dict() for s in self.reward_scalers],
             "runners": self.runners.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["seeds"]) != self.seeds:
+            raise ValueError(f"checkpoint is of seeds {state['seeds']}, this run has {self.seeds}")
         self.steps_done = int(state["steps_done"])
         self.env_steps = int(state["env_steps"])
         self.learner.load_state_dict(state["learner"])
-        self.intervention_generator.set_state(state["intervention_generator"].cpu())
+        for g, saved in zip(self.intervention_generators, state["intervention_generators"], strict=True):
+            g.set_state(saved.cpu())
         if self.obs_stats is not None:
-            self.obs_stats.load_state_dict(state["obs_stats"])
-        if self.reward_scaler is not None:
-            self.reward_scaler.load_state_dict(state["reward_scaler"])
+            for stats, saved in zip(self.obs_stats, state["obs_stats"], strict=True):
+                stats.load_state_dict(saved)
+        if self.reward_scalers is not None:
+            for scaler, saved in zip(self.reward_scalers, state["reward_scalers"], strict=True):
+                scaler.load_state_dict(saved)
         self.runners.load_state_dict(state["runners"])
 
     def close(self) -> None:
@@ -359,6 +437,8 @@ def config_from_trial(trial: dict[str, Any]) -> PPOExperimentConfig:
         iterations_per_step=settings["iterations_per_step"],
         num_runners=max(settings["env_runners"], 1),
         envs_per_runner=settings["envs_per_runner"],
+        envs_per_seed=settings.get("envs_per_seed"),
+        env_threads=settings.get("env_threads", 1),
         hidden=(network["hidden_units"],) * network["hidden_layers"],
         activation=network["activation"],
         ppo=PPOConfig(

@@ -155,13 +155,11 @@ class MLP(UnitNetwork):
         """Each hidden layer, its parameters already (S, …)."""
         layers = self.layers
         return [
-            UnitGroup(
+            UnitGroup.of_seed_layers(
                 f"hidden{i}",
-                SeedView.whole(layers[i].weight),
-                SeedView.whole(layers[i + 1].weight),
+                layers[i],
+                layers[i + 1],
                 self.activation_name,
-                incoming_bias=SeedView.whole(layers[i].bias),
-                outgoing_bias=SeedView.whole(layers[i + 1].bias),
                 norm=norm_entries(self.norms[i], self.num_seeds) if self.norms is not None else (),
                 # CReLU: unit j feeds the next layer's columns 2j (its ReLU) and 2j + 1 (of −z)
                 **({"fan_out_per_unit": 2, "seed_activations": _crelu_units} if self.crelu else {}),

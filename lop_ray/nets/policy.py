@@ -1,71 +1,98 @@
-"""PPO's networks (spec/networks.md, RL): a Gaussian policy and a value network.
+"""PPO's networks (spec/networks.md, RL) for S seeds at once: a Gaussian policy and a value network.
 
 Both are obs → 256 → 256 → out ReLU MLPs with *every* layer (outputs too) lecun-uniform,
 U(±√(3/fan_in)), and biases 0; the policy's log-std is a state-independent parameter initialised to
-0 (std 1). Each hidden layer is a unit group, so continual backprop and ReDo act on them as on any
-other network, and `forward` returns the hidden activations they and the metrics read.
+0 (std 1). Weights are (S, out, in), inputs (S, batch, in); one seed is S = 1. Seed s draws its
+layers from `generators[s]` (the policy's, then the value network's), so its slice is a function of
+its seed alone, and nothing in a pass mixes seeds: each seed's numbers are those it gets alone
+(batched products and the per-seed transcendentals are seed-invariant on the CPU,
+tests/test_ppo_seed_batched.py). Each hidden layer is a unit group, so continual backprop and ReDo
+act on them as on any other network, and `forward` returns the hidden activations they and the
+metrics read.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lop_ray.nets.activations import make_activation
+from lop_ray.nets.seed_elementwise import per_seed_elementwise
+from lop_ray.nets.seed_linear import SeedLinear
 from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer
+
+Generators = Sequence[torch.Generator | None] | torch.Generator | None
+
+
+def _as_generators(generators: Generators) -> list[torch.Generator | None]:
+    if generators is None or isinstance(generators, torch.Generator):
+        return [generators]
+    return list(generators)
 
 
 class LecunMLP(UnitNetwork):
-    """An MLP whose layers are all lecun-uniform with zero biases; `forward` → (output, hidden)."""
+    """An MLP of S seeds whose layers are all lecun-uniform with zero biases; `forward(x)` with x
+    (S, batch, in) → (output (S, batch, out), hidden activations (S, batch, width) per layer)."""
 
-    def __init__(
-        self, sizes: Sequence[int], activation: str = "relu", generator: torch.Generator | None = None
-    ) -> None:
+    def __init__(self, sizes: Sequence[int], activation: str = "relu", generators: Generators = None) -> None:
         super().__init__()
         if len(sizes) < 2:
             raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
+        generators = _as_generators(generators)
+        self.num_seeds = len(generators)
         self.activation_name = activation
         self.activation = make_activation(activation)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        with torch.no_grad():
-            for layer in self.layers:
-                weight, bias = _lecun_draw(layer.weight.shape, generator)
-                layer.weight.copy_(weight)
-                layer.bias.copy_(bias)
+        shapes = [torch.Size((b, a)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        drawn = [[_lecun_draw(shape, g) for shape in shapes] for g in generators]
+        self.layers = nn.ModuleList(
+            SeedLinear(torch.stack([d[i][0] for d in drawn]), torch.stack([d[i][1] for d in drawn]))
+            for i in range(len(shapes))
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         activations = []
         for layer in self.layers[:-1]:
-            x = self.activation(F.linear(x, layer.weight, layer.bias))
+            x = self.activation(layer(x))
             activations.append(x)
-        out = self.layers[-1]
-        return F.linear(x, out.weight, out.bias), activations
+        return _output(self.layers[-1], x), activations
 
     def unit_groups(self) -> list[UnitGroup]:
+        layers = self.layers
         return [
-            UnitGroup.of_modules(f"hidden{i}", self.layers[i], self.layers[i + 1], self.activation_name)
-            for i in range(len(self.layers) - 1)
+            UnitGroup.of_seed_layers(f"hidden{i}", layers[i], layers[i + 1], self.activation_name)
+            for i in range(len(layers) - 1)
         ]
 
+    def parameter_views(self) -> list[SeedView]:
+        return [SeedView.whole(p) for p in self.parameters()]
+
     def weight_layers(self) -> list[WeightLayer]:
-        """Each linear layer (one seed: S = 1) with the constructor's lecun-uniform draw."""
+        """Each linear layer with the constructor's lecun-uniform draw."""
+        last = len(self.layers) - 1
         return [
             WeightLayer(
-                f"hidden{i}" if i < len(self.layers) - 1 else "output",
-                SeedView.split(layer.weight),
-                SeedView.split(layer.bias),
-                functools.partial(_lecun_draw, layer.weight.shape),
+                f"hidden{i}" if i < last else "output",
+                SeedView.whole(layer.weight),
+                SeedView.whole(layer.bias),
+                lambda g, shape=layer.weight.shape[1:]: _lecun_draw(shape, g),
             )
             for i, layer in enumerate(self.layers)
         ]
 
     def weight_matrices(self) -> list[torch.Tensor]:
+        """Each layer's (S, out, in) weights."""
         return [layer.weight for layer in self.layers]
+
+
+def _output(layer: SeedLinear, x: torch.Tensor) -> torch.Tensor:
+    """The output layer. A one-wide output (the value) as a broadcast product summed over its inputs:
+    a batched matrix product with one output column takes a path whose sums depend on S."""
+    if layer.out_features == 1:
+        return (x * layer.weight).sum(dim=-1, keepdim=True) + layer.bias.unsqueeze(1)
+    return layer(x)
 
 
 def _lecun_draw(shape: torch.Size, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +102,9 @@ def _lecun_draw(shape: torch.Size, generator: torch.Generator | None) -> tuple[t
 
 
 class GaussianPolicy(LecunMLP):
-    """Mean from the MLP, std = exp(log_std) shared by every state; actions are not squashed (MuJoCo
-    clamps the control; the control cost sees the raw action, as in the original)."""
+    """Mean from the MLP, std = exp(log_std) shared by every state of a seed (log_std (S, actions));
+    actions are not squashed (MuJoCo clamps the control; the control cost sees the raw action, as in
+    the original)."""
 
     def __init__(
         self,
@@ -84,20 +112,20 @@ class GaussianPolicy(LecunMLP):
         action_dim: int,
         hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
-        generator: torch.Generator | None = None,
+        generators: Generators = None,
     ) -> None:
-        super().__init__([obs_dim, *hidden, action_dim], activation, generator)
-        self.log_std = nn.Parameter(torch.zeros(action_dim))
+        super().__init__([obs_dim, *hidden, action_dim], activation, generators)
+        self.log_std = nn.Parameter(torch.zeros(self.num_seeds, action_dim))
 
     def log_prob(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """log π(a|s) summed over action dimensions."""
-        log_std = self.log_std.expand_as(mean)
-        z = (actions - mean) * torch.exp(-log_std)
+        """log π(a|s) summed over action dimensions: mean, actions (S, batch, A) → (S, batch)."""
+        log_std = self.log_std.unsqueeze(1).expand_as(mean)
+        z = (actions - mean) * per_seed_elementwise(torch.exp, -log_std)
         return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
 
     def entropy(self) -> torch.Tensor:
-        """The Gaussian's entropy (state-independent), summed over action dimensions."""
-        return (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
+        """(S,): each seed's Gaussian entropy (state-independent), summed over action dimensions."""
+        return (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(dim=-1)
 
 
 class ValueNetwork(LecunMLP):
@@ -106,10 +134,11 @@ class ValueNetwork(LecunMLP):
         obs_dim: int,
         hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
-        generator: torch.Generator | None = None,
+        generators: Generators = None,
     ) -> None:
-        super().__init__([obs_dim, *hidden, 1], activation, generator)
+        super().__init__([obs_dim, *hidden, 1], activation, generators)
 
     def value(self, obs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(S, batch, obs) → values (S, batch), hidden activations."""
         out, activations = self(obs)
         return out.squeeze(-1), activations

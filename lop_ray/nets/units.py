@@ -119,6 +119,22 @@ class UnitGroup:
             seed_activations=_add_seed_axis,
         )
 
+    @classmethod
+    def of_seed_layers(
+        cls, name: str, incoming: nn.Module, outgoing: nn.Module, activation: str, **options
+    ) -> UnitGroup:
+        """The group between two layers whose weight and bias are already seed-first ((S, out, in)
+        and (S, out): `SeedLinear`); `options` are the other fields (norm, fan_out_per_unit, …)."""
+        return cls(
+            name,
+            SeedView.whole(incoming.weight),
+            SeedView.whole(outgoing.weight),
+            activation,
+            incoming_bias=SeedView.whole(incoming.bias),
+            outgoing_bias=SeedView.whole(outgoing.bias),
+            **options,
+        )
+
     @property
     def seeds(self) -> int:
         return self.incoming.shape[0]

@@ -69,6 +69,3 @@ class ProblemSpec:
     algorithms: dict[str, type[BaseModel]]
     steps_for: Callable[[Any, int], int]  # (settings, num_tasks) -> trainable steps per trial
     trainable: str  # "module:Class", imported only when a sweep runs
-    # algorithms whose learners carry a seed axis (`seeds_per_trial` > 1 runs them S seeds at once);
-    # None: every algorithm of the problem
-    seed_batched_algorithms: frozenset[str] | None = None

@@ -39,12 +39,19 @@ class RLProblem(Strict):
     # env runner Ray actors per trial (0: the trial's own process steps the envs) and envs in each
     env_runners: Count = Field(0, ge=0)
     envs_per_runner: Count = Field(1, ge=1)
+    # instead of envs_per_runner: each seed's envs, all the trial's seeds' envs spread evenly over
+    # the runners (one seed: envs_per_runner × runners)
+    envs_per_seed: Count | None = Field(None, ge=1)
+    env_threads: Count = Field(1, ge=1)  # threads stepping each runner's envs (MuJoCo releases the GIL)
     runner_cpus: Real = Field(1.0, gt=0)  # CPUs reserved for each runner actor
     friction_change_every: Count = Field(CHANGE_EVERY, ge=1)  # SlipperyAnt-v5 only
     max_episode_steps: Count = Field(MAX_EPISODE_STEPS, ge=1)
 
     @property
     def total_envs(self) -> int:
+        """Envs of each seed."""
+        if self.envs_per_seed is not None:
+            return self.envs_per_seed
         return max(self.env_runners, 1) * self.envs_per_runner
 
     @model_validator(mode="after")
@@ -56,10 +63,16 @@ class RLProblem(Strict):
                 f"minibatch_size ({self.minibatch_size}) must divide batch_size ({self.batch_size}): every "
                 "minibatch of an epoch has the same size"
             )
+        if self.envs_per_seed is not None and "envs_per_runner" in self.model_fields_set:
+            raise ValueError(
+                "give envs_per_seed or envs_per_runner, not both: with envs_per_seed the runners share "
+                "all seeds' envs evenly"
+            )
         if self.batch_size % self.total_envs:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of the number of envs "
-                f"(max(env_runners, 1) × envs_per_runner = {self.total_envs}): each env steps equally"
+                f"of each seed (envs_per_seed, or max(env_runners, 1) × envs_per_runner: {self.total_envs}): each "
+                "env steps equally"
             )
         per_env = self.iterations_per_step * self.batch_size // self.total_envs
         if per_env < self.max_episode_steps:
@@ -134,5 +147,4 @@ RL = ProblemSpec(
     algorithms=RL_ALGORITHMS,
     steps_for=lambda settings, num_tasks: num_tasks,  # one step = iterations_per_step PPO iterations
     trainable="lop_ray.trainables.ppo:PPOTrainable",
-    seed_batched_algorithms=frozenset(),  # PPO runs one seed per Tune trial
 )

@@ -2,13 +2,18 @@
 
 It computes what `lop_ray.nets.policy.GaussianPolicy` computes (a test pins the two together), from
 that policy's weights. Numpy rather than torch because acting runs one tiny batch (the runner's
-envs) per env step: torch's per-op dispatch costs several times the arithmetic there, and acting is
-most of a PPO iteration's wall time.
+envs) per env step: torch's per-op dispatch costs several times the arithmetic there.
+
+The weights hold S seeds ((S, out, in)); a runner's envs belong to seeds, so each row of a call
+names its seed (`load(..., rows)`), and all rows (every seed's envs) are one stacked product per
+layer. Each row is its own vector-matrix product, so an env's actions do not depend on which other
+envs (of its seed or of others) share the call.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,32 +30,45 @@ class ActingPolicy:
         if activation not in _ACTIVATIONS:
             raise ValueError(f"runners act with {list(_ACTIVATIONS)} networks, not {activation!r}")
         self.activation = _ACTIVATIONS[activation]
-        self.weights: list[np.ndarray] = []
-        self.biases: list[np.ndarray] = []
-        self.log_std = np.zeros(0, dtype=np.float32)
+        self.weights: list[np.ndarray] = []  # per layer (rows, in, out)
+        self.biases: list[np.ndarray] = []  # per layer (rows, 1, out)
+        self.log_std = np.zeros((0, 0), dtype=np.float32)  # (rows, actions)
+        self.std = self.log_std
 
-    def load(self, state: dict[str, np.ndarray]) -> None:
-        """Weights from `GaussianPolicy.state_dict()` as numpy arrays (`layers.i.weight`, ...)."""
+    def load(self, state: dict[str, np.ndarray], rows: Sequence[int] | None = None) -> None:
+        """Weights from `GaussianPolicy.state_dict()` as numpy arrays (`layers.i.weight` (S, out, in),
+        ...); row r of later calls acts with seed `rows[r]` (default: S rows, one per seed)."""
         count = len([key for key in state if key.endswith(".weight")])
+        seeds = state["layers.0.weight"].shape[0]
+        index = np.arange(seeds) if rows is None else np.asarray(rows, dtype=np.int64)
         self.weights = [
-            np.ascontiguousarray(state[f"layers.{i}.weight"].T, dtype=np.float32) for i in range(count)
+            np.ascontiguousarray(
+                np.asarray(state[f"layers.{i}.weight"], np.float32)[index].transpose(0, 2, 1)
+            )
+            for i in range(count)
         ]
-        self.biases = [np.asarray(state[f"layers.{i}.bias"], dtype=np.float32) for i in range(count)]
-        self.log_std = np.asarray(state["log_std"], dtype=np.float32)
+        self.biases = [
+            np.asarray(state[f"layers.{i}.bias"], np.float32)[index][:, None, :] for i in range(count)
+        ]
+        self.log_std = np.asarray(state["log_std"], dtype=np.float32)[index]
+        # row by row: numpy's exp computes an array's last few elements apart from the rest
+        self.std = np.stack([np.exp(row) for row in self.log_std])
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
-        h = obs
+        """(rows, obs) → (rows, actions)."""
+        h = obs[:, None, :]
         last = len(self.weights) - 1
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = h @ weight
+            h = np.matmul(h, weight)
             h += bias
             if index < last:
                 self.activation(h)
-        return h
+        return h[:, 0, :]
 
     def act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Actions mean + std·noise and their log-probabilities (summed over action dimensions)."""
+        """Actions mean + std·noise and their log-probabilities (summed over action dimensions), for
+        (rows, obs) observations and (rows, actions) standard normal noise."""
         mean = self.mean(obs)
-        actions = mean + np.exp(self.log_std) * noise
+        actions = mean + self.std * noise
         log_probs = (-0.5 * np.square(noise) - self.log_std - _HALF_LOG_2PI).sum(axis=-1)
         return actions.astype(np.float32), log_probs.astype(np.float32)

@@ -1,23 +1,25 @@
-"""An env runner: a gymnasium vector env over MuJoCo and a copy of the policy, collecting rollouts.
+"""An env runner: MuJoCo envs and a copy of the policy, collecting rollouts.
 
-A runner owns a fixed set of the run's envs, named by their global index; env i is seeded from (run
-seed, i) and draws its action noise from its own numpy generator seeded from (run seed, i), so a run's
-numbers depend on the seed and on how many envs it has, never on which process steps them. The
-runner only samples: the learner sends the policy's weights (and the observation statistics) with
-every request and computes values, advantages and updates itself.
+A run trains S seeds, each with its own envs; a runner owns a fixed set of them (slots), each named
+by its seed and its index among that seed's envs. Env i of seed s is seeded from (s, i) and draws its
+action noise from its own numpy generator seeded from (s, i); Slippery Ant's friction schedule is
+the seed's. So a seed's numbers depend on the seed and on how many envs it has, never on which
+other seeds share the run or which process or thread steps its envs. The runner only samples: the
+learner sends every seed's policy weights (and observation statistics) with every request, and one
+stacked product per layer acts for all the runner's envs at once.
 
-Every env is stepped once per runner step (lockstep), so a run's global env-step count after t steps
-of every env is t × total_envs; with one env this is exactly the original's step counter (Slippery
-Ant's friction changes are timed by it).
+Every env is stepped once per runner step (lockstep), so a seed's global env-step count after t
+steps of every env is t × (its envs); with one env this is exactly the original's step counter
+(Slippery Ant's friction changes are timed by it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from lop_ray.data.seeding import LEARNER, STREAM, derived_seed
@@ -32,33 +34,41 @@ OBS_CLIP = 10.0
 
 @dataclass(frozen=True)
 class RunnerSpec:
-    """What a runner needs to build its envs and its policy copy."""
+    """What a runner needs to build its envs and its policy copy.
+
+    A run trains S seeds (`seeds`, in batch order), each with `total_envs` envs; a runner steps the
+    envs named in `slots`, each (position of its seed in `seeds`, the env's index in that seed), and
+    its rollouts are laid out in that order. `threads` > 1 steps the runner's envs in that many
+    threads (MuJoCo's step releases the GIL).
+    """
 
     env: str
-    seed: int
-    env_indices: tuple[int, ...]  # the global indices of this runner's envs
+    seeds: tuple[int, ...]
+    slots: tuple[tuple[int, int], ...]
     total_envs: int
     ant_observation: str = "v5"
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
     friction_change_every: int = CHANGE_EVERY
     max_episode_steps: int = MAX_EPISODE_STEPS
+    threads: int = 1
 
 
 @dataclass
 class Rollout:
-    """`steps` consecutive steps of a runner's envs; arrays are (time, env, ...)."""
+    """`steps` consecutive steps of a runner's envs; arrays are (time, slot, ...)."""
 
     obs: np.ndarray  # float32, the raw observation each action was chosen on
     actions: np.ndarray  # float32
     log_probs: np.ndarray  # float32, under the policy that acted
     rewards: np.ndarray  # float32
     dones: np.ndarray  # bool: terminated or truncated (both end the bootstrap)
-    last_obs: np.ndarray  # (env, obs): the observation after the last step
+    last_obs: np.ndarray  # (slot, obs): the observation after the last step
     episode_returns: np.ndarray  # of the episodes that ended in this rollout, in order of their end
     episode_lengths: np.ndarray
-    episode_ends: np.ndarray  # global env step at each of those ends
-    frictions: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per env, at the end (Slippery Ant)
+    episode_ends: np.ndarray  # the seed's global env step at each of those ends
+    episode_seeds: np.ndarray  # the position (in the run's seeds) of each episode's seed
+    frictions: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per slot, at the end (Slippery Ant)
 
 
 def env_dims(env: str, ant_observation: str = "v5") -> tuple[int, int]:
@@ -77,63 +87,72 @@ def policy_weights(policy: GaussianPolicy) -> dict[str, np.ndarray]:
 class EnvRunner:
     def __init__(self, spec: RunnerSpec) -> None:
         self.spec = spec
-        indices = spec.env_indices
-        self.envs = gym.vector.SyncVectorEnv(
-            [lambda: make_env(spec.env, spec.ant_observation, spec.max_episode_steps)] * len(indices),
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-            copy=False,
-        )
-        obs, _ = self.envs.reset(seed=[derived_seed(spec.seed, STREAM, i) for i in indices])
-        self.obs = obs.astype(np.float32)
+        seeds = [spec.seeds[k] for k, _ in spec.slots]
+        self.envs = [make_env(spec.env, spec.ant_observation, spec.max_episode_steps) for _ in spec.slots]
+        first = [
+            env.reset(seed=derived_seed(seed, STREAM, i))[0]
+            for env, seed, (_, i) in zip(self.envs, seeds, spec.slots, strict=True)
+        ]
+        self.obs = np.stack(first).astype(np.float32)
         self.schedules = (
-            [FrictionSchedule(spec.seed, spec.friction_change_every) for _ in indices]
+            [FrictionSchedule(seed, spec.friction_change_every) for seed in seeds]
             if spec.env == "SlipperyAnt-v5"
             else None
         )
         if self.schedules is not None:
-            for env, schedule in zip(self.envs.envs, self.schedules, strict=True):
+            for env, schedule in zip(self.envs, self.schedules, strict=True):
                 set_friction(env.unwrapped.model, schedule.friction)
-        self.action_dim = self.envs.single_action_space.shape[0]
+        self.action_dim = self.envs[0].action_space.shape[0]
         self.policy = ActingPolicy(spec.activation)
         self.generators = [
-            np.random.default_rng(derived_seed(spec.seed, LEARNER, ACTION_NOISE, i)) for i in indices
+            np.random.default_rng(derived_seed(seed, LEARNER, ACTION_NOISE, i))
+            for seed, (_, i) in zip(seeds, spec.slots, strict=True)
         ]
         self.time = 0  # steps of each env so far
-        self.episode_return = np.zeros(len(indices), dtype=np.float64)
-        self.episode_length = np.zeros(len(indices), dtype=np.int64)
+        self.episode_return = np.zeros(len(spec.slots), dtype=np.float64)
+        self.episode_length = np.zeros(len(spec.slots), dtype=np.int64)
+        self._chunks = [c for c in np.array_split(np.arange(len(spec.slots)), spec.threads) if len(c)]
+        self._pool = ThreadPoolExecutor(len(self._chunks)) if len(self._chunks) > 1 else None
 
     @property
     def env_steps(self) -> int:
-        """Global env steps of the whole run (all runners) so far."""
+        """Global env steps of each seed (all its envs, on any runner) so far."""
         return self.time * self.spec.total_envs
 
     def collect(
         self,
         weights: dict[str, np.ndarray],
         num_steps: int,
-        obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
+        obs_stats: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> Rollout:
-        """Act for `num_steps` steps of every env with the policy `weights`; observations are
-        normalised with `obs_stats` (mean, var) when given."""
-        self.policy.load(weights)
-        num_envs = len(self.spec.env_indices)
+        """Act for `num_steps` steps of every env with the policy `weights` (every seed's); with
+        `obs_stats` (each seed's (mean, var)), observations are normalised by their seed's."""
+        rows = [k for k, _ in self.spec.slots]
+        self.policy.load(weights, rows)
+        stats = None
+        if obs_stats is not None:
+            stats = tuple(np.stack([obs_stats[k][part] for k in rows]) for part in (0, 1))
+        num_envs = len(self.spec.slots)
         obs_buf = np.empty((num_steps, num_envs, self.obs.shape[1]), dtype=np.float32)
         act_buf = np.empty((num_steps, num_envs, self.action_dim), dtype=np.float32)
         logp_buf = np.empty((num_steps, num_envs), dtype=np.float32)
         rew_buf = np.empty((num_steps, num_envs), dtype=np.float32)
         done_buf = np.empty((num_steps, num_envs), dtype=bool)
+        next_obs = np.empty((num_envs, self.obs.shape[1]), dtype=np.float64)
+        reward = np.empty(num_envs, dtype=np.float64)
+        done = np.empty(num_envs, dtype=bool)
         returns: list[float] = []
         lengths: list[int] = []
         ends: list[int] = []
+        episode_seeds: list[int] = []
         for t in range(num_steps):
             obs_buf[t] = self.obs
-            x = self.obs if obs_stats is None else normalize_obs(self.obs, *obs_stats)
+            x = self.obs if stats is None else normalize_obs(self.obs, *stats)
             noise = np.stack([g.standard_normal(self.action_dim, dtype=np.float32) for g in self.generators])
             action, log_prob = self.policy.act(x, noise)
             act_buf[t] = action
             logp_buf[t] = log_prob
-            obs, reward, terminated, truncated, _ = self.envs.step(action.astype(np.float64))
-            done = terminated | truncated
+            self._step(action.astype(np.float64), next_obs, reward, done)
             self.time += 1
             rew_buf[t] = reward
             done_buf[t] = done
@@ -143,11 +162,12 @@ class EnvRunner:
                 returns.append(float(self.episode_return[e]))
                 lengths.append(int(self.episode_length[e]))
                 ends.append(self.env_steps)
+                episode_seeds.append(rows[e])
                 self.episode_return[e] = 0.0
                 self.episode_length[e] = 0
                 if self.schedules is not None and self.schedules[e].episode_ended(self.env_steps):
-                    set_friction(self.envs.envs[e].unwrapped.model, self.schedules[e].friction)
-            self.obs = obs.astype(np.float32)
+                    set_friction(self.envs[e].unwrapped.model, self.schedules[e].friction)
+            self.obs = next_obs.astype(np.float32)
         return Rollout(
             obs=obs_buf,
             actions=act_buf,
@@ -158,8 +178,30 @@ class EnvRunner:
             episode_returns=np.array(returns, dtype=np.float64),
             episode_lengths=np.array(lengths, dtype=np.int64),
             episode_ends=np.array(ends, dtype=np.int64),
+            episode_seeds=np.array(episode_seeds, dtype=np.int64),
             frictions=self.frictions(),
         )
+
+    def _step(self, actions: np.ndarray, obs: np.ndarray, reward: np.ndarray, done: np.ndarray) -> None:
+        """One step of every env (an ended episode resets at once: its next observation is the new
+        episode's first, as gymnasium's same-step autoreset), in threads when there are several."""
+        if self._pool is None:
+            self._step_envs(self._chunks[0], actions, obs, reward, done)
+            return
+        for finished in [
+            self._pool.submit(self._step_envs, chunk, actions, obs, reward, done) for chunk in self._chunks
+        ]:
+            finished.result()
+
+    def _step_envs(
+        self, indices: np.ndarray, actions: np.ndarray, obs: np.ndarray, reward: np.ndarray, done: np.ndarray
+    ) -> None:
+        for e in indices:
+            env = self.envs[e]
+            obs[e], reward[e], terminated, truncated, _ = env.step(actions[e])
+            done[e] = terminated or truncated
+            if done[e]:
+                obs[e] = env.reset()[0]
 
     def frictions(self) -> np.ndarray:
         if self.schedules is None:
@@ -168,36 +210,42 @@ class EnvRunner:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "env_indices": list(self.spec.env_indices),
+            "slots": [list(slot) for slot in self.spec.slots],
+            "seeds": list(self.spec.seeds),
             "time": self.time,
             "obs": self.obs.copy(),
             "episode_return": self.episode_return.copy(),
             "episode_length": self.episode_length.copy(),
-            "envs": [env_state(env) for env in self.envs.envs],
+            "envs": [env_state(env) for env in self.envs],
             "generators": [g.bit_generator.state for g in self.generators],
             "schedules": None if self.schedules is None else [s.state_dict() for s in self.schedules],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state["env_indices"]) != list(self.spec.env_indices):
+        mine = ([list(slot) for slot in self.spec.slots], list(self.spec.seeds))
+        if (state["slots"], state["seeds"]) != mine:
             raise ValueError(
-                f"runner state is of envs {state['env_indices']}, this runner has {list(self.spec.env_indices)}"
+                f"runner state is of envs {state['slots']} of seeds {state['seeds']}, "
+                f"this runner has {mine[0]} of {mine[1]}"
             )
         self.time = int(state["time"])
         self.obs = np.array(state["obs"], dtype=np.float32)
         self.episode_return = np.array(state["episode_return"], dtype=np.float64)
         self.episode_length = np.array(state["episode_length"], dtype=np.int64)
-        for env, saved in zip(self.envs.envs, state["envs"], strict=True):
+        for env, saved in zip(self.envs, state["envs"], strict=True):
             load_env_state(env, saved)
         for g, saved in zip(self.generators, state["generators"], strict=True):
             g.bit_generator.state = saved
         if self.schedules is not None:
-            for env, schedule, saved in zip(self.envs.envs, self.schedules, state["schedules"], strict=True):
+            for env, schedule, saved in zip(self.envs, self.schedules, state["schedules"], strict=True):
                 schedule.load_state_dict(saved)
                 set_friction(env.unwrapped.model, schedule.friction)
 
     def close(self) -> None:
-        self.envs.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+        for env in self.envs:
+            env.close()
 
 
 def normalize_obs(obs: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -206,12 +254,18 @@ def normalize_obs(obs: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndar
     return np.clip(scaled, -OBS_CLIP, OBS_CLIP)
 
 
-def split_envs(total_envs: int, num_runners: int) -> list[tuple[int, ...]]:
-    """Global env indices of each runner: consecutive blocks of equal size."""
-    if num_runners < 1 or total_envs % num_runners:
-        raise ValueError(f"{total_envs} envs cannot be split evenly over {num_runners} runners")
-    per = total_envs // num_runners
-    return [tuple(range(r * per, (r + 1) * per)) for r in range(num_runners)]
+def split_slots(num_seeds: int, envs_per_seed: int, num_runners: int) -> list[tuple[tuple[int, int], ...]]:
+    """Each runner's (seed position, env index) slots: the run's envs in seed-major order, cut into
+    consecutive blocks whose sizes differ by at most one (joined in runner order, the runners'
+    rollouts are in seed-major order; where an env steps never changes what it computes)."""
+    slots = [(k, i) for k in range(num_seeds) for i in range(envs_per_seed)]
+    if num_runners < 1 or len(slots) < num_runners:
+        raise ValueError(
+            f"{num_seeds} seeds × {envs_per_seed} envs cannot keep {num_runners} runners busy: "
+            "use fewer env_runners or more envs"
+        )
+    bounds = np.linspace(0, len(slots), num_runners + 1).round().astype(int)
+    return [tuple(slots[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class LocalRunners:
@@ -226,7 +280,7 @@ class LocalRunners:
         self,
         weights: dict[str, np.ndarray],
         num_steps: int,
-        obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
+        obs_stats: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> list[Rollout]:
         return [runner.collect(weights, num_steps, obs_stats) for runner in self.runners]
 

@@ -29,7 +29,10 @@ class EnvRunnerActor:
         self.runner = EnvRunner(spec)
 
     def collect(
-        self, weights: dict[str, np.ndarray], num_steps: int, obs_stats: tuple[np.ndarray, np.ndarray] | None
+        self,
+        weights: dict[str, np.ndarray],
+        num_steps: int,
+        obs_stats: Sequence[tuple[np.ndarray, np.ndarray]] | None,
     ) -> Rollout:
         return self.runner.collect(weights, num_steps, obs_stats)
 
@@ -67,7 +70,7 @@ class RemoteRunners:
         self,
         weights: dict[str, np.ndarray],
         num_steps: int,
-        obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
+        obs_stats: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> list[Rollout]:
         shared = ray.put(weights)  # once, whatever the number of runners
         return ray.get([actor.collect.remote(shared, num_steps, obs_stats) for actor in self.actors])

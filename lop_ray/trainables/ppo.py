@@ -1,4 +1,5 @@
-"""PPO on MuJoCo on Ray Tune: one step = `iterations_per_step` PPO iterations.
+"""PPO on MuJoCo on Ray Tune: one step = `iterations_per_step` PPO iterations of every seed the
+trial carries (`seeds_per_trial`: one seed-batched learner, each seed with its own envs and MLflow run).
 
 With `env_runners: N > 0` the trial reserves a placement group of its own bundle (the sweep's
 `resources`, where the learner runs) plus N bundles of `runner_cpus` each, and starts one env runner
@@ -34,19 +35,19 @@ class PPOTrainable(LopTrainable):
         return lambda config: placement(resources, config["trials"][0]["problem_settings"])
 
     def build_experiment(self, trials: list[dict[str, Any]], device: torch.device) -> PPOExperiment:
-        [trial] = trials  # PPO is not seed-batched: one seed per Tune trial
         if self.trial_resources is not None:  # the learner's threads: its own bundle, not the runners'
             torch.set_num_threads(max(1, int(self.trial_resources.bundles[0].get("CPU", 1))))
-        config = config_from_trial(trial)
-        settings = trial["problem_settings"]
+        config = config_from_trial(trials[0])  # the trial's seeds share one configuration
+        seeds = [int(trial["seed"]) for trial in trials]
+        settings = trials[0]["problem_settings"]
         runners = None
         if settings["env_runners"] > 0:
             runners = RemoteRunners(
-                config.runner_specs(),
+                config.runner_specs(seeds),
                 settings["runner_cpus"],
                 ray.util.get_current_placement_group() if ray.is_initialized() else None,
             )
-        return PPOExperiment(config, runners, device)
+        return PPOExperiment(config, runners, device, seeds)
 
     def cleanup(self) -> None:
         if hasattr(self, "experiment"):  # setup may have failed before building it

@@ -1,0 +1,133 @@
+"""PPO with a seed axis: each seed of a batch gets exactly what it gets in a batch of its own — every
+algorithm, normalisers, several envs per seed, Slippery Ant's per-seed friction rows — whichever
+runners and threads step its envs, and a batch resumes bit-identically."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from lop_ray.algos.cbp import CBPConfig
+from lop_ray.algos.ppo import PPOConfig
+from lop_ray.algos.redo import ReDoConfig
+from lop_ray.experiments.ppo import PPOExperiment, PPOExperimentConfig
+from lop_ray.rl.runner import LocalRunners, split_slots
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+CBP = CBPConfig(
+    replacement_rate=0.05,
+    maturity_threshold=2,
+    init="lecun",
+    util_type="contribution",
+    bias_correction=True,
+    reset_optimizer_state=True,  # our per-element-step Adam
+)
+
+
+def _tiny(env: str = "Hopper-v5", **kwargs) -> PPOExperimentConfig:
+    base = dict(
+        env=env,
+        batch_size=128,
+        iterations_per_step=2,
+        ppo=PPOConfig(epochs=2, minibatch_size=64),
+        hidden=(32, 32),
+        max_episode_steps=50,
+    )
+    return PPOExperimentConfig(**{**base, **kwargs})
+
+
+CONFIGS = {
+    "bp": _tiny(),
+    "l2-normalised-two-envs-threads": _tiny(
+        weight_decay=1e-3,
+        normalize_observations=True,
+        normalize_rewards=True,
+        envs_per_seed=2,
+        env_threads=2,
+        beta1=0.99,
+        beta2=0.99,
+    ),
+    "cbp-ant-original": _tiny(
+        "Ant-v5", ant_observation="original", policy_cbp=CBP, value_cbp=CBP, weight_decay=1e-4
+    ),
+    "redo-walker-clipped": _tiny(
+        "Walker2d-v5",
+        redo=ReDoConfig(threshold=0.5, reset_period=3),
+        ppo=PPOConfig(epochs=2, minibatch_size=64, max_grad_norm=0.5),
+    ),
+    "slippery-ant": _tiny("SlipperyAnt-v5", friction_change_every=60, hidden=(16,)),
+}
+
+
+def _same(a: dict, b: dict) -> bool:
+    keys = set(a) - {"env_steps_per_second"}
+    return keys == set(b) - {"env_steps_per_second"} and all(
+        a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in keys
+    )
+
+
+def _run(config: PPOExperimentConfig, seeds: list[int], steps: int = 2) -> tuple[list, PPOExperiment]:
+    experiment = PPOExperiment(config, seeds=seeds)
+    results = [experiment.run_step() for _ in range(steps)]
+    experiment.close()
+    return results, experiment
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_each_seed_of_a_batch_gets_what_it_gets_alone(name):
+    config = CONFIGS[name]
+    seeds = [3, 5, 8]
+    batched, together = _run(config, seeds)
+    for k, seed in enumerate(seeds):
+        alone, by_itself = _run(config, [seed])
+        for step in range(2):
+            assert _same(batched[step][k], alone[step][0]), (name, seed, step)
+        for a, b in zip(together.learner._params, by_itself.learner._params, strict=True):
+            assert torch.equal(a[k], b[0])
+    if config.policy_cbp is not None or config.redo is not None:
+        assert all(metrics["replaced_units"] > 0 for metrics in batched[1])  # the interventions ran
+    if config.env == "SlipperyAnt-v5":  # each seed follows its own friction row
+        assert len({metrics["friction"] for metrics in batched[1]}) == len(seeds)
+    assert not _same(batched[1][0], batched[1][1])  # and the seeds differ
+
+
+def test_where_envs_step_changes_nothing():
+    """One runner, two runners splitting the seeds' envs unevenly, threads within a runner."""
+    config = _tiny(envs_per_seed=2)
+    seeds = [0, 1, 2]
+    reference, _ = _run(config, seeds, steps=1)
+    for layout in (dict(num_runners=2), dict(num_runners=4, env_threads=2), dict(env_threads=3)):
+        moved = PPOExperimentConfig(**{**config.__dict__, **layout})
+        assert [len(s.slots) for s in moved.runner_specs(seeds)] == [
+            len(block) for block in split_slots(3, 2, moved.num_runners)
+        ]
+        got, _ = _run(moved, seeds, steps=1)
+        assert all(_same(a, b) for a, b in zip(got[0], reference[0], strict=True)), layout
+
+
+def test_a_batch_resumes_bit_identically():
+    config = CONFIGS["cbp-ant-original"]
+    seeds = [1, 2]
+    straight = PPOExperiment(config, seeds=seeds)
+    expected = [straight.run_step(), straight.run_step()]
+    first = PPOExperiment(config, seeds=seeds)
+    first.run_step()
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = PPOExperiment(config, seeds=seeds)
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    assert all(_same(a, b) for a, b in zip(resumed.run_step(), expected[1], strict=True))
+    buffer.seek(0)
+    other = PPOExperiment(config, seeds=[1, 3])
+    with pytest.raises(ValueError, match=r"checkpoint is of seeds \[1, 2\], this run has \[1, 3\]"):
+        other.load_state_dict(torch.load(buffer, weights_only=False))
+
+
+def test_runners_need_an_env_each():
+    with pytest.raises(ValueError, match="2 seeds × 1 envs cannot keep 3 runners busy"):
+        LocalRunners(_tiny(num_runners=3, envs_per_seed=1).runner_specs([0, 1]))
