@@ -6,10 +6,14 @@ paper's configuration (1 env, `ant_observation="original"`, a 111-256-256-8 relu
 1. `mujoco.mj_step(model, data, nstep=frame_skip)` alone on the env's model/data (the simulation floor);
 2. the unwrapped MujocoEnv `step(action)` (simulation + gymnasium's observation/reward code);
 3. the wrapped env from `make_env` (TimeLimit, TransformObservation, OrderEnforcing, ...), with resets;
-4. a `SyncVectorEnv` of that one env (SAME_STEP autoreset, copy=False, as `EnvRunner` builds it);
+4. a `SyncVectorEnv` of that one env (SAME_STEP autoreset, copy=False: how `EnvRunner` stepped its
+   envs before the seed-batched runner, which steps the wrapped envs itself);
 5. policy inference `ActingPolicy.act` on 1 observation, and on batches of 8 and 32 (per observation);
 6. the action-noise draw (one numpy generator per env, stacked as the runner does);
-7. the whole `EnvRunner.collect` per step; the residual (7 − 4 − 5 − 6) is the runner's bookkeeping.
+7. the whole `EnvRunner.collect` of one seed per step; the residual (7 − 3 − 5 − 6) is the runner's
+   bookkeeping;
+9. the seed-batched collect: one runner of S seeds × 1 env (one stacked policy call per env step),
+   its envs stepped in 1 or 2 threads, per env step.
 
 Then (8) whether MuJoCo's step releases the GIL: N separate envs stepped by a 2-thread pool (each
 thread its own half of the envs, for the same number of steps) against the same envs in one thread,
@@ -49,6 +53,7 @@ ANT_OBSERVATION = "original"
 HIDDEN = (256, 256)
 ACTIVATION = "relu"
 BATCHES = (8, 32)
+BATCHED_SEEDS = 8
 GIL_ENV_COUNTS = (2, 8)
 BOOKKEEPING = "runner bookkeeping (buffers, episode accounting)"
 
@@ -68,8 +73,16 @@ def best_us_per_step(
     return best / steps * 1e6
 
 
-def runner_spec(env: str) -> RunnerSpec:
-    return RunnerSpec(env=env, seed=0, env_indices=(0,), total_envs=1, ant_observation=ANT_OBSERVATION)
+def runner_spec(env: str, seeds: int = 1, threads: int = 1) -> RunnerSpec:
+    """One runner of `seeds` seeds with one env each, stepped in `threads` threads."""
+    return RunnerSpec(
+        env=env,
+        seeds=tuple(range(seeds)),
+        slots=tuple((k, 0) for k in range(seeds)),
+        total_envs=1,
+        ant_observation=ANT_OBSERVATION,
+        threads=threads,
+    )
 
 
 @dataclass(frozen=True)
@@ -194,9 +207,9 @@ def component_times(
     vector.close()
 
     acting = ActingPolicy(ACTIVATION)
-    acting.load(weights)
     rng = np.random.default_rng(0)
     for batch in (1, *BATCHES):
+        acting.load(weights, rows=[0] * batch)
         obs = rng.standard_normal((batch, obs_dim)).astype(np.float32)
         noise = rng.standard_normal((batch, action_dim)).astype(np.float32)
 
@@ -223,6 +236,24 @@ def component_times(
         return lambda n: runner.collect(weights, n)
 
     times["whole EnvRunner.collect"] = best_us_per_step(collect_setup, steps, repeats, warmup)
+    for seeds, threads in ((BATCHED_SEEDS, 1), (BATCHED_SEEDS, 2)):
+        policy = GaussianPolicy(
+            obs_dim, action_dim, HIDDEN, ACTIVATION, [torch.Generator().manual_seed(s) for s in range(seeds)]
+        )
+        batched_weights = policy_weights(policy)
+
+        def batched_setup(
+            seeds: int = seeds, threads: int = threads, w=batched_weights
+        ) -> Callable[[int], None]:
+            runner = EnvRunner(runner_spec(args.env, seeds, threads))
+            runners.append(runner)
+            return lambda n: runner.collect(w, n)
+
+        label = (
+            f"seed-batched collect, S = {seeds}, {threads} thread{'s' if threads > 1 else ''} (per env step)"
+        )
+        # each timed step steps every seed's env: per env step is per runner step / S
+        times[label] = best_us_per_step(batched_setup, steps // seeds, repeats, warmup // seeds) / seeds
     for runner in runners:
         runner.close()
     return times
@@ -232,7 +263,7 @@ def table(times: dict[str, float]) -> str:
     whole = times["whole EnvRunner.collect"]
     residual = (
         whole
-        - times["SyncVectorEnv(1).step"]
+        - times["wrapped make_env(...).step"]
         - times["policy ActingPolicy.act, batch 1"]
         - times["action noise (1 generator, stacked)"]
     )
@@ -336,7 +367,7 @@ def main() -> None:
     probe = make_env(args.env, ANT_OBSERVATION)
     obs_dim, action_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     probe.close()
-    policy = GaussianPolicy(obs_dim, action_dim, HIDDEN, ACTIVATION, torch.Generator().manual_seed(0))
+    policy = GaussianPolicy(obs_dim, action_dim, HIDDEN, ACTIVATION, [torch.Generator().manual_seed(0)])
     weights = policy_weights(policy)
     trajectory = reference_trajectory(args.env, weights, args.steps)
     print(contact_stats(args.env, trajectory))

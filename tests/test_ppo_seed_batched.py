@@ -128,6 +128,7 @@ def test_a_batch_resumes_bit_identically():
         other.load_state_dict(torch.load(buffer, weights_only=False))
 
 
-def test_runners_need_an_env_each():
-    with pytest.raises(ValueError, match="2 seeds × 1 envs cannot keep 3 runners busy"):
-        LocalRunners(_tiny(num_runners=3, envs_per_seed=1).runner_specs([0, 1]))
+def test_a_run_with_fewer_envs_than_runners_has_one_runner_per_env():
+    specs = _tiny(num_runners=3, envs_per_seed=1).runner_specs([0, 1])
+    assert [spec.slots for spec in specs] == [((0, 0),), ((1, 0),)]
+    LocalRunners(specs).close()

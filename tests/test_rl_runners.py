@@ -101,9 +101,12 @@ problem:
   iterations_per_step: 1
   max_episode_steps: 100
   env_runners: 2
+  envs_per_seed: 1
+  runner_cpus: 0.5
 network:
   hidden_units: 32
-seeds: [0]
+seeds: [0, 1]
+seeds_per_trial: 2
 num_tasks: 2
 algorithms:
   - algorithm: ppo
@@ -114,42 +117,56 @@ storage: {storage}
 
 
 def test_tiny_sweep_through_tune_with_two_runner_actors(tmp_path, ray_3cpu):
-    """The trial reserves 1 + 2 bundles, starts its 2 actors in them, and logs to MLflow exactly what
-    a plain in-process loop over the same layout computes."""
+    """A Tune trial of 2 seeds reserves 1 + 2 bundles, starts its 2 actors in them (one seed's env
+    each), and logs to each seed's MLflow run exactly what that seed alone computes in a plain
+    in-process loop; its checkpoint resumes in-process bit-identically."""
     from lop_ray.schema import load_sweep
     from lop_ray.sweep import run_sweep
-    from lop_ray.trainables.ppo import PPOTrainable, placement
+    from lop_ray.trainables.ppo import PPOTrainable, learner_threads, placement
 
     sweep = load_sweep(
         write_sweep(tmp_path / "rl.yaml", TINY_RL.format(name="tiny_rl", storage=tmp_path / "r"))
     )
-    [trial] = sweep.trials
+    [group] = sweep.groups
+    trial = group[0]
     request = placement(sweep.resources, trial["problem_settings"])
-    assert request.bundles == [{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}]
-    assert PPOTrainable.resource_request(sweep.resources)({"trials": [trial]}).bundles == request.bundles
+    assert request.bundles == [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]
+    assert PPOTrainable.resource_request(sweep.resources)({"trials": group}).bundles == request.bundles
+    assert learner_threads(request.bundles) == 2  # the runners' CPUs too: they wait during the update
 
     outcome = run_sweep(sweep, quiet=True)
     assert outcome.errors == 0
 
-    torch.set_num_threads(1)
-    reference = PPOExperiment(config_from_trial(trial))
-    expected = [reference.run_step() for _ in range(2)]
+    torch.set_num_threads(2)
     client = MlflowClient(outcome.tracking_uri)
     experiment = client.get_experiment_by_name("tiny_rl")
-    [run] = [
-        r
+    runs = {
+        int(r.data.params["seed"]): r
         for r in client.search_runs([experiment.experiment_id])
         if r.data.tags.get("lop_ray.kind") == "trial"
-    ]
-    assert run.info.status == "FINISHED"
-    for key in ("episodic_return", "env_steps", "stable_rank", "dormant_units_percent", "weight_magnitude"):
-        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-        assert [m.value for m in history] == pytest.approx([row[0][key] for row in expected], rel=1e-6), key
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "env_steps")] == [256.0, 512.0]
+    }
+    assert sorted(runs) == [0, 1]
+    for seed, run in runs.items():
+        alone = PPOExperiment(config_from_trial(group[seed]), seeds=[seed])
+        expected = [alone.run_step()[0] for _ in range(2)]
+        assert run.info.status == "FINISHED"
+        for key in (
+            "episodic_return",
+            "env_steps",
+            "stable_rank",
+            "dormant_units_percent",
+            "weight_magnitude",
+        ):
+            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            assert [m.value for m in history] == [row[key] for row in expected], (seed, key)
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "env_steps")] == [256.0, 512.0]
     assert (Path(outcome.results_dir) / "episodic_return.png").exists()
 
     # the trial's last checkpoint (written with runner actors) resumes in-process, bit-identically
     [state_file] = sorted(Path(outcome.results_dir).glob("*/checkpoint_*/state.pt"))[-1:]
-    moved = PPOExperiment(config_from_trial(trial))
+    moved = PPOExperiment(config_from_trial(trial), seeds=[0, 1])
     moved.load_state_dict(torch.load(state_file, weights_only=False)["experiment"])
+    reference = PPOExperiment(config_from_trial(trial), seeds=[0, 1])
+    for _ in range(2):
+        reference.run_step()
     assert moved.steps_done == 2 and _same(moved.run_step(), reference.run_step())

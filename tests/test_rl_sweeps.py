@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lop_ray.experiments.ppo import config_from_trial
 from lop_ray.schema import SweepError, load_sweep, validate_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,8 +116,8 @@ def test_rl_sweep_files_are_the_papers_configs(name):
     assert {t["label"] for t in sweep.trials} == labels
     assert {t["seed"] for t in sweep.trials} == set(range(seeds))
     assert len(sweep.trials) == seeds * len(labels)
-    # seed-batched (issue 15): 10 seeds per Tune trial, their envs stepped by 2 threads on 2 CPUs
-    assert sweep.seeds_per_trial == 10 and sweep.resources["cpu"] == 2
+    # seed-batched (issue 15): 10 seeds per Tune trial, their envs stepped by 2 runner actors, 2 CPUs
+    assert sweep.seeds_per_trial == 10 and sweep.resources["cpu"] == 1
     assert [len(group) for group in sweep.groups] == [10] * (seeds // 10) * len(labels)
     for trial in sweep.trials:
         s = trial["problem_settings"]
@@ -131,8 +132,8 @@ def test_rl_sweep_files_are_the_papers_configs(name):
             0,
         )
         assert s["max_grad_norm"] is None and not s["normalize_observations"] and not s["normalize_rewards"]
-        assert s["env_runners"] == 0 and s["envs_per_runner"] == 1 and s["max_episode_steps"] == 1000
-        assert s["env_threads"] == 2 and s["envs_per_seed"] is None  # one env per seed
+        assert s["env_runners"] == 2 and s["runner_cpus"] == 0.5 and s["max_episode_steps"] == 1000
+        assert s["envs_per_seed"] == 1 and config_from_trial(trial).total_envs == 1  # one env per seed
         assert s["friction_change_every"] == 2_000_000
         env_steps = trial["num_steps"] * s["iterations_per_step"] * s["batch_size"]
         assert paper_steps <= env_steps < paper_steps + s["iterations_per_step"] * s["batch_size"]

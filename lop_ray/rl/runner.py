@@ -257,14 +257,13 @@ def normalize_obs(obs: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndar
 def split_slots(num_seeds: int, envs_per_seed: int, num_runners: int) -> list[tuple[tuple[int, int], ...]]:
     """Each runner's (seed position, env index) slots: the run's envs in seed-major order, cut into
     consecutive blocks whose sizes differ by at most one (joined in runner order, the runners'
-    rollouts are in seed-major order; where an env steps never changes what it computes)."""
+    rollouts are in seed-major order; where an env steps never changes what it computes). A run with
+    fewer envs than `num_runners` (one seed of a sweep's layout, run alone) has one runner per env."""
+    if num_runners < 1:
+        raise ValueError(f"a run needs at least one runner, got {num_runners}")
     slots = [(k, i) for k in range(num_seeds) for i in range(envs_per_seed)]
-    if num_runners < 1 or len(slots) < num_runners:
-        raise ValueError(
-            f"{num_seeds} seeds × {envs_per_seed} envs cannot keep {num_runners} runners busy: "
-            "use fewer env_runners or more envs"
-        )
-    bounds = np.linspace(0, len(slots), num_runners + 1).round().astype(int)
+    runners = min(num_runners, len(slots))
+    bounds = np.linspace(0, len(slots), runners + 1).round().astype(int)
     return [tuple(slots[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 

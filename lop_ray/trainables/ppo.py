@@ -3,7 +3,9 @@ trial carries (`seeds_per_trial`: one seed-batched learner, each seed with its o
 
 With `env_runners: N > 0` the trial reserves a placement group of its own bundle (the sweep's
 `resources`, where the learner runs) plus N bundles of `runner_cpus` each, and starts one env runner
-actor in each; with 0, the trial's own process steps the envs.
+actor in each, which steps its share of the seeds' envs; with 0, the trial's own process steps the
+envs (in `env_threads` threads). The learner's update uses every CPU the trial reserves (the runners
+idle meanwhile: `learner_threads`).
 """
 
 from __future__ import annotations
@@ -29,14 +31,21 @@ def placement(resources: dict[str, float], settings: dict[str, Any]) -> Placemen
     return PlacementGroupFactory([learner, *runners])
 
 
+def learner_threads(bundles: list[dict[str, float]]) -> int:
+    """The learner's threads: every CPU of the trial, its runners' too. PPO is synchronous, so the
+    runners wait while the learner updates and the learner waits while they collect; the cores the
+    trial reserves are used by one phase at a time."""
+    return max(1, round(sum(bundle.get("CPU", 0.0) for bundle in bundles)))
+
+
 class PPOTrainable(LopTrainable):
     @classmethod
     def resource_request(cls, resources: dict[str, float]) -> Callable[[dict], PlacementGroupFactory]:
         return lambda config: placement(resources, config["trials"][0]["problem_settings"])
 
     def build_experiment(self, trials: list[dict[str, Any]], device: torch.device) -> PPOExperiment:
-        if self.trial_resources is not None:  # the learner's threads: its own bundle, not the runners'
-            torch.set_num_threads(max(1, int(self.trial_resources.bundles[0].get("CPU", 1))))
+        if self.trial_resources is not None:
+            torch.set_num_threads(learner_threads(self.trial_resources.bundles))
         config = config_from_trial(trials[0])  # the trial's seeds share one configuration
         seeds = [int(trial["seed"]) for trial in trials]
         settings = trials[0]["problem_settings"]
