@@ -30,6 +30,6 @@ python3 -m pip install -q --no-deps --no-index --target /tmp/lop-ray-extra "$ray
 export PYTHONPATH=$PWD:/tmp/lop-ray-extra PATH=/tmp/lop-ray-extra/bin:$PATH PYTHONUNBUFFERED=1
 python3 -c "import ray, gymnasium, mujoco; print('ray', ray.__version__, 'mujoco', mujoco.__version__)"
 nproc
-timeout 420 python3 bench/ppo_runners.py --runners "${RUNNERS:-1,2,4,8,14}" --iterations 2 2>&1 | tee "${OUT:-/tmp}/ppo_runners.log"
+timeout 420 python3 bench/ppo_runners.py --compare runners --runners "${RUNNERS:-1,2,4,8,14}" --iterations 2 2>&1 | tee "${OUT:-/tmp}/ppo_runners.log"
 # the lever the 2-core target needs: the learner's update on more threads while the runners wait
-timeout 120 python3 bench/ppo_runners.py --runners 2 --iterations 2 --learner-threads 2 2>&1 | tee -a "${OUT:-/tmp}/ppo_runners.log"
+timeout 120 python3 bench/ppo_runners.py --compare runners --runners 2 --iterations 2 --learner-threads 2 2>&1 | tee -a "${OUT:-/tmp}/ppo_runners.log"

@@ -37,6 +37,7 @@ import torch
 
 from lop_ray.algos.ppo import PPOConfig
 from lop_ray.experiments.ppo import PPOExperiment, PPOExperimentConfig
+from lop_ray.rl.process_runners import ProcessRunners
 from lop_ray.rl.runner import policy_weights
 
 MINIBATCHES = 16
@@ -110,21 +111,25 @@ def measure_seeds(
     learner_threads: int = 1,
     env_threads: int = 1,
     actors: int = 0,
+    processes: int = 0,
     device: str = "cpu",
     first_seed: int = 0,
 ) -> dict[str, float]:
     """Env steps per second (all seeds) of one `seeds`-seed loop over `iterations` PPO iterations,
     after one untimed iteration (actors started, caches warm), and the share spent collecting."""
     torch.set_num_threads(learner_threads)
-    config = paper_ant(iterations, num_runners=max(actors, 1), env_threads=env_threads)
+    runners = max(actors, processes, 1)
+    config = paper_ant(iterations, num_runners=runners, env_threads=env_threads)
     seed_list = list(range(first_seed, first_seed + seeds))
     pool = None
     if actors:
         from lop_ray.trainables.env_runners import RemoteRunners
 
         pool = RemoteRunners(config.runner_specs(seed_list))
+    elif processes:
+        pool = ProcessRunners(config.runner_specs(seed_list))
     experiment = PPOExperiment(
-        paper_ant(1, num_runners=max(actors, 1), env_threads=env_threads), pool, device, seed_list
+        paper_ant(1, num_runners=runners, env_threads=env_threads), pool, device, seed_list
     )
     experiment.run_step()  # warm-up
     experiment.config = config
@@ -181,6 +186,12 @@ def compare_seeds(args: argparse.Namespace) -> None:
             dict(env_threads=args.env_threads, learner_threads=2),
         ),
     ]
+    layouts.append(
+        (
+            f"(b) S = {S}, {args.processes} worker processes (no Ray), 2 learner threads",
+            dict(processes=args.processes, learner_threads=2),
+        )
+    )
     if not args.no_ray:
         layouts.append(
             (
@@ -206,6 +217,7 @@ def main() -> None:
     parser.add_argument("--env-threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes of the no-Ray layout")
     args = parser.parse_args()
     if args.compare == "seeds":
         if not args.no_ray:

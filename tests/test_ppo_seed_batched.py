@@ -4,6 +4,7 @@ runners and threads step its envs, and a batch resumes bit-identically."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -132,3 +133,41 @@ def test_a_run_with_fewer_envs_than_runners_has_one_runner_per_env():
     specs = _tiny(num_runners=3, envs_per_seed=1).runner_specs([0, 1])
     assert [spec.slots for spec in specs] == [((0, 0),), ((1, 0),)]
     LocalRunners(specs).close()
+
+
+def test_worker_processes_compute_what_in_process_runners_compute():
+    """The pure-PyTorch loop's process pool: the same numbers, a checkpoint moved between the two
+    layouts, and a worker's error raised in the parent."""
+    from lop_ray.rl.process_runners import ProcessRunners
+
+    config = _tiny(num_runners=2, envs_per_seed=1, normalize_observations=True)
+    seeds = [0, 1, 2]
+    local = PPOExperiment(config, seeds=seeds)
+    pooled = PPOExperiment(config, ProcessRunners(config.runner_specs(seeds)), seeds=seeds)
+    try:
+        assert all(_same(a, b) for a, b in zip(local.run_step(), pooled.run_step(), strict=True))
+        buffer = io.BytesIO()
+        torch.save(pooled.state_dict(), buffer)
+        buffer.seek(0)
+        moved = PPOExperiment(config, seeds=seeds)
+        moved.load_state_dict(torch.load(buffer, weights_only=False))
+        assert all(_same(a, b) for a, b in zip(moved.run_step(), pooled.run_step(), strict=True))
+        with pytest.raises(RuntimeError, match="env runner worker failed in load_state_dict: ValueError"):
+            pooled.runners.load_state_dict([{"slots": [], "seeds": []}] * 2)
+    finally:
+        pooled.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/device_ppo.sh)")
+def test_the_learner_on_cuda_follows_the_cpu_learner():
+    """Rollouts on the CPU, the update on the GPU: the same run as on the CPU up to the GPU's
+    rounding (its reductions sum in another order), CBP's new units drawn on the CPU as there."""
+    config = dataclasses.replace(CONFIGS["cbp-ant-original"], iterations_per_step=1)
+    cpu, _ = _run(config, [0, 1], steps=1)
+    experiment = PPOExperiment(config, device="cuda", seeds=[0, 1])
+    gpu = [experiment.run_step()]
+    experiment.close()
+    for a, b in zip(cpu[0], gpu[0], strict=True):
+        assert b["episodes"] == a["episodes"]  # one iteration: it acts with the same initial nets
+        for key in ("policy_loss", "value_loss", "gradient_norm", "distance_from_init"):
+            assert b[key] == pytest.approx(a[key], rel=1e-2), key

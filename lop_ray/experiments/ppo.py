@@ -131,7 +131,10 @@ class PPOExperiment:
         )
         self.value = ValueNetwork(obs_dim, config.hidden, config.activation, inits).to(self.device)
         optimizer = self._optimizer([*self.policy.parameters(), *self.value.parameters()])
-        self.intervention_generators = [generator(s, LEARNER, INTERVENTIONS) for s in self.seeds]
+        # on the learner's device (ReDo draws there; CBP draws on the CPU twin of each)
+        self.intervention_generators = [
+            generator(s, LEARNER, INTERVENTIONS, device=self.device) for s in self.seeds
+        ]
         policy_interventions, value_interventions = self._interventions(optimizer)
         self.learner = PPOLearner(
             self.policy,
