@@ -97,3 +97,37 @@ def test_every_method_of_the_imagenet_file_runs(submit_directory, monkeypatch):
         config = continual_imagenet.config_from_trial(trial)
         experiment = continual_imagenet.ContinualImageNetExperiment(config, [0, 1], train, test)
         _finite_with_plasticity(experiment.run_step() + experiment.run_step(), name)
+
+
+def test_every_method_of_the_rl_file_runs():
+    """sweeps/methods/rl_ant.yaml, each method on both PPO nets, shrunk: 16-unit nets, one 256-step
+    iteration of 1 epoch in this process."""
+    from lop_ray.experiments import ppo
+
+    trials = {}
+    for trial in load_sweep(METHODS / "rl_ant.yaml").trials:
+        trials.setdefault(trial["label"], copy.deepcopy(trial))
+    assert set(trials) == {"ns", "l2", "l2_init", "cbp", "redo", "layer_reset", "parseval", "snr"}
+    torch.set_num_threads(1)
+    for name, trial in trials.items():
+        trial["problem_settings"].update(
+            batch_size=256,
+            minibatch_size=64,
+            epochs=1,
+            iterations_per_step=1,
+            max_episode_steps=50,
+            env_runners=0,
+        )
+        trial["network"]["hidden_units"] = 16
+        experiment = ppo.PPOExperiment(ppo.config_from_trial(trial), seeds=[0, 1])
+        rows = experiment.run_step()
+        experiment.close()
+        for row in rows:
+            assert PLASTICITY <= row.keys(), name
+            # an iteration may end no episode: its return is NaN by design; every other metric is finite
+            bad = {
+                k: v
+                for k, v in row.items()
+                if not math.isfinite(v) and k not in ("episodic_return", "episode_length")
+            }
+            assert not bad, (name, bad)

@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from lop_ray.algos.cbp import CBPConfig
+from lop_ray.algos.layer_reset import LayerResetConfig
+from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.algos.ppo import PPOConfig
 from lop_ray.algos.redo import ReDoConfig
+from lop_ray.algos.snr import SNRConfig
 from lop_ray.experiments.ppo import PPOExperiment, PPOExperimentConfig
 from lop_ray.rl.runner import LocalRunners, split_slots
 
@@ -61,6 +64,10 @@ CONFIGS = {
         ppo=PPOConfig(epochs=2, minibatch_size=64, max_grad_norm=0.5),
     ),
     "slippery-ant": _tiny("SlipperyAnt-v5", friction_change_every=60, hidden=(16,)),
+    # the methods since the paper, on both nets (docs/methods.md)
+    "full-reset": _tiny(method=LayerResetConfig(reset_period=5, layers=0, reset_optimizer_state=True)),
+    "parseval-l2-init": _tiny(method=ParsevalConfig(parseval_strength=1e-3), l2_init=0.1),
+    "snr": _tiny(method=SNRConfig(rejection_percentile=0.5)),
 }
 
 
@@ -89,7 +96,11 @@ def test_each_seed_of_a_batch_gets_what_it_gets_alone(name):
             assert _same(batched[step][k], alone[step][0]), (name, seed, step)
         for a, b in zip(together.learner._params, by_itself.learner._params, strict=True):
             assert torch.equal(a[k], b[0])
-    if config.policy_cbp is not None or config.redo is not None:
+    if (
+        config.policy_cbp is not None
+        or config.redo is not None
+        or isinstance(config.method, LayerResetConfig)
+    ):
         assert all(metrics["replaced_units"] > 0 for metrics in batched[1])  # the interventions ran
     if config.env == "SlipperyAnt-v5":  # each seed follows its own friction row
         assert len({metrics["friction"] for metrics in batched[1]}) == len(seeds)
@@ -171,3 +182,17 @@ def test_the_learner_on_cuda_follows_the_cpu_learner():
         assert b["episodes"] == a["episodes"]  # one iteration: it acts with the same initial nets
         for key in ("policy_loss", "value_loss", "gradient_norm", "distance_from_init"):
             assert b[key] == pytest.approx(a[key], rel=1e-2), key
+
+
+def test_a_method_on_both_nets_draws_apart_and_its_term_reaches_the_update():
+    """A full reset redraws the policy's and the value net's same-shaped hidden layer from streams
+    of their own; Parseval's gradient term moves the update."""
+    config = _tiny(method=LayerResetConfig(reset_period=1, layers=0))
+    experiment = PPOExperiment(config, seeds=[0])
+    experiment.run_step()
+    policy_hidden, value_hidden = experiment.policy.layers[1].weight, experiment.value.layers[1].weight
+    assert policy_hidden.shape == value_hidden.shape and not torch.equal(policy_hidden, value_hidden)
+    experiment.close()
+    plain, _ = _run(_tiny(), [0], steps=1)
+    regularised, _ = _run(_tiny(method=ParsevalConfig(parseval_strength=1e-2)), [0], steps=1)
+    assert regularised[0][0]["distance_from_init"] != plain[0][0]["distance_from_init"]

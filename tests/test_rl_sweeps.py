@@ -56,7 +56,23 @@ def test_bad_rl_settings_are_rejected_naming_the_key(problem, key, message):
 @pytest.mark.parametrize(
     ("entry", "key", "message"),
     [
-        ({"algorithm": "bp"}, "algorithms[0].algorithm", "allowed for rl: ['cbp', 'l2', 'ppo', 'redo']"),
+        (
+            {"algorithm": "bp"},
+            "algorithms[0].algorithm",
+            "allowed for rl: ['cbp', 'l2', 'l2_init', 'layer_reset', 'parseval', 'ppo', 'redo', 'snr']",
+        ),
+        (
+            {"algorithm": "layer_reset", "layers": 4},
+            "algorithms[0].layers",
+            "the network has 3 weight layers",
+        ),
+        ({"algorithm": "l2_init"}, "algorithms[0].l2_init", "required key is missing"),
+        (
+            {"algorithm": "snr", "rejection_percentile": 1.0},
+            "algorithms[0].rejection_percentile",
+            "less than 1",
+        ),
+        ({"algorithm": "parseval", "optimizer": "sgd"}, "algorithms[0].optimizer", "unknown key"),
         ({"algorithm": "l2"}, "algorithms[0].weight_decay", "required key is missing"),
         ({"algorithm": "ppo", "beta1": 1.0}, "algorithms[0].beta1", "less than 1"),
         ({"algorithm": "cbp", "util_type": "nope"}, "algorithms[0].util_type", "contribution"),
@@ -177,3 +193,20 @@ def test_network_the_runners_cannot_run_is_rejected():
     text = str(error.value)
     assert "rl.yaml: network.activation: Input should be 'relu' or 'tanh'" in text
     assert "rl.yaml: network.hidden_units: " in text
+
+
+def test_the_methods_since_the_paper_run_on_both_ppo_nets():
+    document = {
+        **_document(),
+        "algorithms": [
+            {"algorithm": "layer_reset", "reset_period": 500, "layers": 1},
+            {"algorithm": "parseval", "parseval_strength": 1e-3},
+            {"algorithm": "snr"},
+            {"algorithm": "l2_init", "l2_init": 1e-3},
+        ],
+    }
+    sweep = validate_sweep(document, "rl.yaml")
+    configs = {t["algorithm"]: config_from_trial(t) for t in sweep.trials}
+    assert configs["layer_reset"].method.layers == 1 and configs["layer_reset"].method.reset_period == 500
+    assert configs["parseval"].method.parseval_strength == 1e-3
+    assert configs["snr"].method is not None and configs["l2_init"].l2_init == 1e-3

@@ -214,6 +214,10 @@ class PPOLearner:
             loss = loss - cfg.entropy_coef * self.policy.entropy()
         # the seeds' losses summed: each seed's parameters get the gradient of its own loss
         grads = list(torch.autograd.grad(loss.sum(), self._params, allow_unused=True))
+        for intervention in self.policy_interventions + self.value_interventions:
+            add_gradient = getattr(intervention, "add_gradient", None)
+            if add_gradient is not None:  # a term of the loss (Parseval regularisation)
+                add_gradient(self._params, grads)
         total = per_seed_norm([g for g in grads if g is not None])
         if cfg.max_grad_norm is not None:
             scale = (cfg.max_grad_norm / (total + 1e-6)).clamp(max=1.0)

@@ -58,36 +58,44 @@ class LearnerSettings:
 class Method:
     """An intervention a sweep names as its `algorithm`. `config`: the frozen dataclass of its
     hyper-parameters (a trial's hyper-parameters of those names go to it, the rest to the
-    optimizer); `attach(net, optimizer, config, seeds, device, keys)` builds it for a network of
-    `len(seeds)` seeds, drawing what seed s draws alone (its own learner generator, or counter-based
-    noise on `keys[s]`)."""
+    optimizer); `attach(net, optimizer, config, seeds, device, keys, stream=0)` builds it for a
+    network of `len(seeds)` seeds, drawing what seed s draws alone (its own learner generator, or
+    counter-based noise on `keys[s]`); a learner with a second network (PPO's value net) attaches it
+    there with `stream=1`, so that the two draw apart."""
 
     config: type
     attach: Callable[..., Intervention]
 
 
-def _continual_backprop(net, optimizer, config, seeds, device, keys) -> ContinualBackprop:
-    generators = [generator(seed, LEARNER, device=device) for seed in seeds]
+def _streams(*key: int, stream: int) -> tuple[int, ...]:
+    """A method's learner-generator key; another network of the same learner (`stream` > 0) gets
+    its own stream of it."""
+    return (*key, 1_000_000 + stream) if stream else key
+
+
+def _continual_backprop(net, optimizer, config, seeds, device, keys, stream=0) -> ContinualBackprop:
+    generators = [generator(*_streams(seed, LEARNER, stream=stream), device=device) for seed in seeds]
     return ContinualBackprop(net.unit_groups(), optimizer, config, generators, keys)
 
 
-def _redo(net, optimizer, config, seeds, device, keys) -> ReDo:
-    generators = [generator(seed, LEARNER, device=device) for seed in seeds]
+def _redo(net, optimizer, config, seeds, device, keys, stream=0) -> ReDo:
+    generators = [generator(*_streams(seed, LEARNER, stream=stream), device=device) for seed in seeds]
     return ReDo(net.unit_groups(), optimizer, config, generators)
 
 
-def _layer_reset(net, optimizer, config, seeds, device, keys) -> LayerReset:
+def _layer_reset(net, optimizer, config, seeds, device, keys, stream=0) -> LayerReset:
     # CPU generators: a reset redraws as the network's constructor drew, on the CPU
-    generators = [generator(seed, LEARNER, LayerReset.stream) for seed in seeds]
+    generators = [generator(*_streams(seed, LEARNER, LayerReset.stream, stream=stream)) for seed in seeds]
     return LayerReset(net.weight_layers(), optimizer, config, generators)
 
 
-def _snr(net, optimizer, config, seeds, device, keys) -> SelfNormalizedResets:
-    generators = [generator(seed, LEARNER, SNR_STREAM, device=device) for seed in seeds]
+def _snr(net, optimizer, config, seeds, device, keys, stream=0) -> SelfNormalizedResets:
+    key = (LEARNER, SNR_STREAM)
+    generators = [generator(*_streams(seed, *key, stream=stream), device=device) for seed in seeds]
     return SelfNormalizedResets(net.unit_groups(), optimizer, config, generators)
 
 
-def _parseval(net, optimizer, config, seeds, device, keys) -> ParsevalRegularisation:
+def _parseval(net, optimizer, config, seeds, device, keys, stream=0) -> ParsevalRegularisation:
     return ParsevalRegularisation(net.weight_layers(), config)
 
 

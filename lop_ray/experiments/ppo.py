@@ -29,6 +29,7 @@ from lop_ray.algos.ppo import PPOConfig, PPOLearner, per_seed_norm
 from lop_ray.algos.redo import ReDo, ReDoConfig
 from lop_ray.algos.running_stats import RewardScaler, RunningMeanStd, normalize
 from lop_ray.data.seeding import LEARNER, generator
+from lop_ray.experiments.learner import METHODS
 from lop_ray.metrics import rank_summaries
 from lop_ray.nets.policy import GaussianPolicy, ValueNetwork
 from lop_ray.plasticity_metrics import active_fraction, feature_churn
@@ -65,6 +66,10 @@ class PPOExperimentConfig:
     policy_cbp: CBPConfig | None = None
     value_cbp: CBPConfig | None = None
     redo: ReDoConfig | None = None
+    # a method since the paper (docs/methods.md), on both nets: LayerResetConfig, ParsevalConfig or
+    # SNRConfig (`lop_ray.experiments.learner.METHODS`); and L2 Init's λ
+    method: Any = None
+    l2_init: float = 0.0
     normalize_observations: bool = False
     normalize_rewards: bool = False
     friction_change_every: int = CHANGE_EVERY
@@ -166,10 +171,18 @@ class PPOExperiment:
         original's), whose single step count per tensor saves a bias-correction pass per step (every
         seed takes the same number of steps, so one count serves them all)."""
         cfg = self.config
-        resets = [c.reset_optimizer_state for c in (cfg.policy_cbp, cfg.value_cbp, cfg.redo) if c is not None]
-        if any(resets):
+        configs = (cfg.policy_cbp, cfg.value_cbp, cfg.redo, cfg.method)
+        resets = [getattr(c, "reset_optimizer_state", False) for c in configs if c is not None]
+        if any(resets) or cfg.l2_init:
             return make_optimizer(
-                params, "adam", cfg.step_size, cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps
+                params,
+                "adam",
+                cfg.step_size,
+                cfg.weight_decay,
+                beta1=cfg.beta1,
+                beta2=cfg.beta2,
+                eps=cfg.eps,
+                l2_init=cfg.l2_init,
             )
         return torch.optim.Adam(
             params,
@@ -201,6 +214,12 @@ class PPOExperiment:
         if cfg.redo is not None:
             policy.append(ReDo(self.policy.unit_groups(), optimizer, cfg.redo, gens))
             value.append(ReDo(self.value.unit_groups(), optimizer, cfg.redo, gens))
+        if cfg.method is not None:  # written once for every learner: attached to each net in turn
+            method = next(m for m in METHODS.values() if isinstance(cfg.method, m.config))
+            for stream, (net, attached) in enumerate(((self.policy, policy), (self.value, value))):
+                attached.append(
+                    method.attach(net, optimizer, cfg.method, self.seeds, self.device, keys, stream)
+                )
         return policy, value
 
     def run_step(self) -> list[dict[str, float]]:
@@ -239,6 +258,7 @@ class PPOExperiment:
         replaced = [
             i.replaced_total.tolist()
             for i in self.learner.policy_interventions + self.learner.value_interventions
+            if hasattr(i, "replaced_total")  # it replaces units or layers
         ]
         per_seed = []
         for k in range(num_seeds):
@@ -409,7 +429,7 @@ def config_from_trial(trial: dict[str, Any]) -> PPOExperimentConfig:
     network = trial["network"]
     hyper = dict(trial["hyperparameters"])
     algorithm = trial["algorithm"]
-    policy_cbp = value_cbp = redo = None
+    policy_cbp = value_cbp = redo = method = None
     if algorithm == "cbp":
         shared = {
             key: hyper[key]
@@ -425,6 +445,9 @@ def config_from_trial(trial: dict[str, Any]) -> PPOExperimentConfig:
         }
         policy_cbp = CBPConfig(util_type=hyper["util_type"], **shared)
         value_cbp = CBPConfig(util_type=hyper["value_util_type"], **shared)
+    elif algorithm in METHODS and algorithm != "redo":  # a method since the paper, on both nets
+        fields = METHODS[algorithm].config.__dataclass_fields__
+        method = METHODS[algorithm].config(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
     elif algorithm == "redo":
         redo = ReDoConfig(
             threshold=hyper["threshold"],
@@ -462,6 +485,8 @@ def config_from_trial(trial: dict[str, Any]) -> PPOExperimentConfig:
         policy_cbp=policy_cbp,
         value_cbp=value_cbp,
         redo=redo,
+        method=method,
+        l2_init=hyper.get("l2_init", 0.0),
         normalize_observations=settings["normalize_observations"],
         normalize_rewards=settings["normalize_rewards"],
         friction_change_every=settings["friction_change_every"],

@@ -30,11 +30,15 @@ class L2(OptimizerHyperparameters):
     weight_decay: Real = Field(gt=0)
 
 
-class L2Init(OptimizerHyperparameters):
+class L2InitHyperparameters(Strict):
     """Regenerative regularisation (Kumar et al. 2023, docs/methods.md): λ‖θ − θ₀‖² added to the
     loss, θ₀ the trial's initial parameters."""
 
     l2_init: Real = Field(gt=0)
+
+
+class L2Init(L2InitHyperparameters, OptimizerHyperparameters):
+    pass
 
 
 class ShrinkAndPerturb(OptimizerHyperparameters):
@@ -80,7 +84,7 @@ class ReDo(ReDoHyperparameters, OptimizerHyperparameters):
     pass
 
 
-class LayerReset(OptimizerHyperparameters):
+class LayerResetHyperparameters(Strict):
     """Layer and full resets (Nikishin et al. 2022, docs/methods.md): every `reset_period` optimizer
     steps the last `layers` weight layers (0: all of them) are redrawn from their initial
     distribution."""
@@ -89,6 +93,10 @@ class LayerReset(OptimizerHyperparameters):
     reset_period: Count = Field(_LAYER_RESET.reset_period, ge=1)  # optimizer (minibatch) steps
     layers: Count = Field(_LAYER_RESET.layers, ge=0)  # the last `layers`; 0: a full reset
     reset_optimizer_state: bool = _LAYER_RESET.reset_optimizer_state
+
+
+class LayerReset(LayerResetHyperparameters, OptimizerHyperparameters):
+    pass
 
 
 class ParsevalHyperparameters(Strict):

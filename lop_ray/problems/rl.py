@@ -14,7 +14,13 @@ from pydantic import Field, model_validator
 
 from lop_ray.algos.cbp import CBPConfig, InitScheme, UtilType
 from lop_ray.problems.base import Count, ProblemSpec, Rate, Real, Strict
-from lop_ray.problems.learners import ReDoHyperparameters
+from lop_ray.problems.learners import (
+    L2InitHyperparameters,
+    LayerResetHyperparameters,
+    ParsevalHyperparameters,
+    ReDoHyperparameters,
+    SNRHyperparameters,
+)
 from lop_ray.rl.acting import ACTING_ACTIVATIONS
 from lop_ray.rl.envs import ENVS, MAX_EPISODE_STEPS, is_ant
 from lop_ray.rl.friction import CHANGE_EVERY
@@ -97,6 +103,10 @@ class RLNetwork(Strict):
     hidden_units: Count = Field(256, ge=1)
     hidden_layers: Count = Field(2, ge=1)
 
+    def weight_layer_count(self) -> int:
+        """Weight layers of each net (what layer resets may reset): the hidden ones and the output."""
+        return self.hidden_layers + 1
+
 
 class PPO(Strict):
     """Standard PPO (Adam β = 0.9/0.999); `beta1 = beta2 = 0.99` is the paper's tuned Adam."""
@@ -138,7 +148,33 @@ class ReDo(ReDoHyperparameters, PPO):
     pass
 
 
-RL_ALGORITHMS = {"ppo": PPO, "l2": L2, "cbp": ContinualBackprop, "redo": ReDo}
+# the methods since the paper (docs/methods.md) that apply to PPO's nets, each on both of them
+class L2Init(L2InitHyperparameters, PPO):
+    pass
+
+
+class LayerReset(LayerResetHyperparameters, PPO):
+    pass
+
+
+class Parseval(ParsevalHyperparameters, PPO):
+    pass
+
+
+class SNR(SNRHyperparameters, PPO):
+    pass
+
+
+RL_ALGORITHMS = {
+    "ppo": PPO,
+    "l2": L2,
+    "cbp": ContinualBackprop,
+    "redo": ReDo,
+    "l2_init": L2Init,
+    "layer_reset": LayerReset,
+    "parseval": Parseval,
+    "snr": SNR,
+}
 
 RL = ProblemSpec(
     name="rl",
