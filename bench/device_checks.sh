@@ -29,4 +29,5 @@ fi
 # the seed-batched CBP step at S = 30 against BP: time per step, host syncs per step, top kernels
 check 45 python3 bench/cbp_profile.py --seeds 30
 check 45 python3 bench/imagenet_task_time.py --device cuda --epochs 10 --tasks 2 --algorithm cbp --seeds 16
+# seed-batched PPO (issue 15) needs gymnasium and MuJoCo wheels carried: bash bench/device_ppo.sh
 echo "== $(date -u +%T) done" | tee -a "$log"
