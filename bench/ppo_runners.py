@@ -98,10 +98,11 @@ def measure(env: str, runners: int, envs_per_runner: int, iterations: int, remot
     }
 
 
-def paper_ant(iterations: int, **layout) -> PPOExperimentConfig:
-    """The paper's Ant PPO (sweeps/rl/ant.yaml), one env per seed, in the given runner layout."""
+def paper_ant(**layout) -> PPOExperimentConfig:
+    """The paper's Ant PPO (sweeps/rl/ant.yaml), one env per seed, one iteration per step, in the
+    given runner layout."""
     return PPOExperimentConfig(
-        env="Ant-v5", ant_observation="original", iterations_per_step=iterations, envs_per_seed=1, **layout
+        env="Ant-v5", ant_observation="original", iterations_per_step=1, envs_per_seed=1, **layout
     )
 
 
@@ -119,7 +120,7 @@ def measure_seeds(
     after one untimed iteration (actors started, caches warm), and the share spent collecting."""
     torch.set_num_threads(learner_threads)
     runners = max(actors, processes, 1)
-    config = paper_ant(iterations, num_runners=runners, env_threads=env_threads)
+    config = paper_ant(num_runners=runners, env_threads=env_threads)
     seed_list = list(range(first_seed, first_seed + seeds))
     pool = None
     if actors:
@@ -128,15 +129,13 @@ def measure_seeds(
         pool = RemoteRunners(config.runner_specs(seed_list))
     elif processes:
         pool = ProcessRunners(config.runner_specs(seed_list))
-    experiment = PPOExperiment(
-        paper_ant(1, num_runners=runners, env_threads=env_threads), pool, device, seed_list
-    )
+    experiment = PPOExperiment(config, pool, device, seed_list)
     experiment.run_step()  # warm-up
-    experiment.config = config
     timed = TimedRunners(experiment.runners)
     experiment.runners = timed
     start = time.perf_counter()
-    experiment.run_step()
+    for _ in range(iterations):
+        experiment.run_step()
     seconds = time.perf_counter() - start
     experiment.close()
     return {

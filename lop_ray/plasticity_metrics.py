@@ -35,12 +35,12 @@ def active_fraction(activations: Sequence[torch.Tensor]) -> torch.Tensor:
 def feature_churn(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """(S,): ‖φ_after − φ_before‖_F / ‖φ_before‖_F of the features (S, examples, …) of the same
     inputs; 0 for an unchanged representation (and for one that was all zero and stayed so)."""
-    change = _per_seed_norm([after - before])
-    size = _per_seed_norm([before])
+    change = per_seed_norm([after - before])
+    size = per_seed_norm([before])
     return torch.where(size > 0, change / size.clamp_min(torch.finfo(size.dtype).tiny), change)
 
 
-def _per_seed_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def per_seed_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """(S,): the 2-norm of each seed's slices (S, …) of all `tensors` together. Seed by seed, in
     float64, over a contiguous copy of the one seed: a reduction over (S, n) splits its work by the
     whole tensor's size, so the same seed would round differently in a batch than alone."""
@@ -94,7 +94,7 @@ class PlasticityProbe:
     def distance_from_initial(self) -> torch.Tensor:
         """(S,): ‖θ − θ₀‖₂ over every parameter of the seed."""
         views = self.net.parameter_views()
-        return _per_seed_norm([view.of() - start for view, start in zip(views, self.initial, strict=True)])
+        return per_seed_norm([view.of() - start for view, start in zip(views, self.initial, strict=True)])
 
     def gradient_norm(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
         """(S,): ‖∇θ L‖₂ of each seed's loss on (x, y), its gradient at this point (in eval mode: no
@@ -109,7 +109,7 @@ class PlasticityProbe:
         finally:
             self.net.train(training)
         views = self.net.parameter_views()
-        return _per_seed_norm(
+        return per_seed_norm(
             [view.of(grad) for view, grad in zip(views, grads, strict=True) if grad is not None]
         )
 

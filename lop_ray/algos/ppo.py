@@ -72,10 +72,12 @@ def clipped_policy_loss(
     return -torch.minimum(ratio * advantages, clipped * advantages).mean(dim=-1)
 
 
-def per_seed_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(S,): the 2-norm of each seed's slices of all `tensors` (S, ...) together. One norm per
-    seed's contiguous slice (one fused call): a reduction over dim 1 of (S, n) would split its work
-    by the whole tensor's size, so a seed would round differently in a batch than alone."""
+def seed_gradient_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(S,): the 2-norm of each seed's slices of all `tensors` (S, ...) together, in their dtype (the
+    gradient norm that clipping scales by, every minibatch: one fused call over each seed's
+    contiguous slices). A reduction over dim 1 of (S, n) would split its work by the whole tensor's
+    size, so a seed would round differently in a batch than alone; the float64 metric version is
+    `lop_ray.plasticity_metrics.per_seed_norm`."""
     seeds = tensors[0].shape[0]
     norms = torch._foreach_norm([t[k] for t in tensors for k in range(seeds)])
     return torch.stack([torch.linalg.vector_norm(torch.stack(norms[k::seeds])) for k in range(seeds)])
@@ -218,7 +220,7 @@ class PPOLearner:
             add_gradient = getattr(intervention, "add_gradient", None)
             if add_gradient is not None:  # a term of the loss (Parseval regularisation)
                 add_gradient(self._params, grads)
-        total = per_seed_norm([g for g in grads if g is not None])
+        total = seed_gradient_norms([g for g in grads if g is not None])
         if cfg.max_grad_norm is not None:
             scale = (cfg.max_grad_norm / (total + 1e-6)).clamp(max=1.0)
             grads = [None if g is None else g * scale.reshape(-1, *([1] * (g.dim() - 1))) for g in grads]

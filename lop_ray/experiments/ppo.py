@@ -25,14 +25,14 @@ import torch
 from lop_ray.algos.cbp import CBPConfig, ContinualBackprop
 from lop_ray.algos.counter_rng import seed_keys
 from lop_ray.algos.optim import make_optimizer
-from lop_ray.algos.ppo import PPOConfig, PPOLearner, per_seed_norm
+from lop_ray.algos.ppo import PPOConfig, PPOLearner
 from lop_ray.algos.redo import ReDo, ReDoConfig
 from lop_ray.algos.running_stats import RewardScaler, RunningMeanStd, normalize
 from lop_ray.data.seeding import LEARNER, generator
 from lop_ray.experiments.learner import METHODS
 from lop_ray.metrics import rank_summaries
 from lop_ray.nets.policy import GaussianPolicy, ValueNetwork
-from lop_ray.plasticity_metrics import active_fraction, feature_churn
+from lop_ray.plasticity_metrics import active_fraction, feature_churn, per_seed_norm
 from lop_ray.rl.envs import MAX_EPISODE_STEPS
 from lop_ray.rl.friction import CHANGE_EVERY
 from lop_ray.rl.runner import OBS_CLIP, LocalRunners, RunnerSpec, env_dims, policy_weights, split_slots
@@ -294,8 +294,7 @@ class PPOExperiment:
     def _distance_from_initial(self) -> list[float]:
         """Each seed's ‖θ − θ₀‖₂ over both nets and the log-std (docs/methods.md, "Metrics")."""
         params = (*self.policy.parameters(), *self.value.parameters())
-        moved = [(p - p0).double() for p, p0 in zip(params, self.initial, strict=True)]
-        return per_seed_norm(moved).tolist()
+        return per_seed_norm([p - p0 for p, p0 in zip(params, self.initial, strict=True)]).tolist()
 
     def _stats(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
         if self.obs_stats is None:
@@ -319,7 +318,8 @@ class PPOExperiment:
         )
         obs, last_obs = obs_raw, last_raw
         if self.obs_stats is not None:
-            mean, var = (torch.stack([torch.from_numpy(s[i]) for s in self._stats()]) for i in (0, 1))
+            stats = self._stats()
+            mean, var = (torch.stack([torch.from_numpy(s[i]) for s in stats]) for i in (0, 1))
             obs = normalize(obs_raw, mean.unsqueeze(1), var.unsqueeze(1), OBS_CLIP)
             last_obs = normalize(last_raw, mean.unsqueeze(1), var.unsqueeze(1), OBS_CLIP)
         rewards, dones = joined("rewards"), joined("dones")
@@ -379,7 +379,7 @@ class PPOExperiment:
         metrics: list[dict[str, float]] = [{} for _ in range(seeds)]
         for name, net in (("policy", self.policy), ("value", self.value)):
             for index, weight in enumerate(net.weight_matrices()):
-                for k in range(seeds):  # seed by seed: see per_seed_norm
+                for k in range(seeds):  # seed by seed: see plasticity_metrics.per_seed_norm
                     metrics[k][f"{name}_weight_magnitude_layer{index}"] = float(
                         weight[k].detach().abs().mean()
                     )
@@ -445,9 +445,6 @@ def config_from_trial(trial: dict[str, Any]) -> PPOExperimentConfig:
         }
         policy_cbp = CBPConfig(util_type=hyper["util_type"], **shared)
         value_cbp = CBPConfig(util_type=hyper["value_util_type"], **shared)
-    elif algorithm in METHODS and algorithm != "redo":  # a method since the paper, on both nets
-        fields = METHODS[algorithm].config.__dataclass_fields__
-        method = METHODS[algorithm].config(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
     elif algorithm == "redo":
         redo = ReDoConfig(
             threshold=hyper["threshold"],
@@ -455,6 +452,9 @@ def config_from_trial(trial: dict[str, Any]) -> PPOExperimentConfig:
             init=hyper["init"],
             reset_optimizer_state=hyper["reset_optimizer_state"],
         )
+    elif algorithm in METHODS:  # a method since the paper, on both nets
+        fields = METHODS[algorithm].config.__dataclass_fields__
+        method = METHODS[algorithm].config(**{k: hyper.pop(k) for k in list(hyper) if k in fields})
     return PPOExperimentConfig(
         seed=int(trial["seed"]),
         env=settings["env"],
