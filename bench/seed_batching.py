@@ -4,9 +4,10 @@ code) stepped one after another against one S-seed learner, measured side by sid
 Slowly-changing regression (20 → 5 → 1, relu, SGD 0.01; one step = one example of every seed): each
 measurement is one trainable step of `--examples` examples per seed (default 10,000 = one flip
 period, so the stream's per-period generation is counted at its true rate), stream included, as a
-sweep runs it. A third column runs the batched learner with PyTorch ops in place of its compiled
-parts (the one-example step, `nets/one_example_kernel.py`, and CBP's unit statistics,
-`algos/cbp_statistics_kernel.py`), to show what they buy.
+sweep runs it. Three columns: S single-seed PyTorch learners one after another (`compiled: False`,
+one seed per trial), one S-seed PyTorch learner (`compiled: False`: the seed-batched step with its
+compiled one-example pass and CBP statistics), and the compiled kernel that advances all S seeds
+through the whole step in one call (`experiments/regression_kernel.py`, what a sweep runs on a CPU).
 
 Online permuted MNIST (784 → 2000 → 2000 → 2000 → 10, relu, SGD 0.003, one example per step): one
 task of `--mnist-examples` examples per seed, on random images of MNIST's shape (speed does not
@@ -20,13 +21,14 @@ The one-after-another rate does not depend on S (each seed runs alone), so it is
 min(S, `--alone`) of the S seeds. Imports nothing from Ray, MLflow or pydantic, so it runs on a bare
 GPU machine:
 
-    .venv/bin/python bench/seed_batching.py [--problem regression mnist imagenet cifar] [--seeds 1 8 32 100] [--repeats 3]
+    .venv/bin/python bench/seed_batching.py [--problem regression mnist imagenet cifar] [--seeds 1 8 100 1000] [--repeats 3]
     python3 bench/seed_batching.py --problem mnist --device cuda --seeds 1 8 30
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -71,22 +73,27 @@ def _rate(run: Callable[[], object], seed_steps: int, device: torch.device) -> f
     return seed_steps / (time.perf_counter() - start)
 
 
-def regression_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[float, float, float]:
-    """(one after another, batched, batched with PyTorch ops instead of the compiled parts)."""
+def regression_rates(
+    settings: LearnerSettings, seeds: int, args, device
+) -> tuple[float, float, float | None]:
+    """(one after another, batched PyTorch learner, compiled kernel); the kernel only on the CPU."""
     n = args.examples
     alone = [
-        RegressionExperiment(RegressionConfig(seed=s, examples_per_step=n, learner=settings), [s], device)
+        RegressionExperiment(
+            RegressionConfig(seed=s, examples_per_step=n, learner=settings, compiled=False), [s], device
+        )
         for s in range(min(seeds, args.alone))
     ]
     one_by_one = _rate(lambda: [e.run_step() for e in alone], len(alone) * n, device)
-    config = RegressionConfig(examples_per_step=n, learner=settings)
+    config = RegressionConfig(examples_per_step=n, learner=settings, compiled=False)
     batch = RegressionExperiment(config, list(range(seeds)), device)
-    torch_ops = RegressionExperiment(config, list(range(seeds)), device)
-    torch_ops.net.use_compiled_step = False
-    if torch_ops.cbp is not None:
-        torch_ops.cbp.compiled_statistics = [False] * len(torch_ops.cbp.compiled_statistics)
     together = _rate(batch.run_step, seeds * n, device)
-    return one_by_one, together, _rate(torch_ops.run_step, seeds * n, device)
+    if device.type != "cpu":
+        return one_by_one, together, None
+    kernel = RegressionExperiment(dataclasses.replace(config, compiled=True), list(range(seeds)), device)
+    assert kernel.compiled is not None
+    kernel.run_step()  # its first call compiles (or loads the compiled kernel from numba's cache)
+    return one_by_one, together, _rate(kernel.run_step, seeds * n, device)
 
 
 def mnist_rates(settings: LearnerSettings, seeds: int, args, device) -> tuple[float, float, None]:
@@ -133,7 +140,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=10_000, help="regression steps per seed")
     parser.add_argument("--mnist-examples", type=int, default=300, help="permuted MNIST steps per seed")
     parser.add_argument("--probe-examples", type=int, default=100)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 32, 100])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 100, 1000])
     parser.add_argument("--alone", type=int, default=5, help="seeds measured one after another")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -160,7 +167,11 @@ def main() -> None:
         print(f"\n{problem}: {steps} steps per seed per measurement")
         print(
             f"{'learner':12}{'S':>5}{'one after another':>20}{'batched':>16}{'batched / one-by-one':>22}"
-            + (f"{'batched, PyTorch ops':>24}" if problem == "regression" else "")
+            + (
+                f"{'compiled':>16}{'compiled / batched':>20}{'compiled / one-by-one':>23}"
+                if problem == "regression"
+                else ""
+            )
         )
         for learner, settings in learners.items():
             rates(
@@ -169,13 +180,17 @@ def main() -> None:
             for seeds in args.seeds:
                 # best of --repeats: a shared VM's noise only ever slows a measurement down
                 measured = [rates(settings, seeds, args, device) for _ in range(args.repeats)]
-                single, together, torch_ops = (
+                single, together, torch_ops = (  # torch_ops: the compiled kernel's column
                     max(column) if column[0] is not None else None for column in zip(*measured, strict=True)
                 )
                 print(
                     f"{learner:12}{seeds:>5}{single:>14,.0f} st/s{together:>12,.0f} st/s"
                     f"{together / single:>21.1f}×"
-                    + (f"{torch_ops:>12,.0f} st/s ({torch_ops / single:.1f}×)" if torch_ops else ""),
+                    + (
+                        f"{torch_ops:>11,.0f} st/s{torch_ops / together:>19.1f}×{torch_ops / single:>22.0f}×"
+                        if torch_ops
+                        else ""
+                    ),
                     flush=True,
                 )
     leaked = sorted(m for m in ("ray", "mlflow", "pydantic") if m in sys.modules)

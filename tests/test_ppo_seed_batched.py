@@ -107,6 +107,21 @@ def test_each_seed_of_a_batch_gets_what_it_gets_alone(name):
     assert not _same(batched[1][0], batched[1][1])  # and the seeds differ
 
 
+def test_with_more_threads_than_seeds_a_seed_alone_still_gets_what_it_gets_in_a_batch():
+    """The learner's threads: a seed alone with two threads computes what it does in a batch of
+    two (MKL would split one seed's products across the threads; `PPOLearner.update`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = dataclasses.replace(_tiny(), hidden=(32, 32))
+        batched, _ = _run(config, [0, 1])
+        alone, _ = _run(config, [1])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(_same(b[1], a[0]) for b, a in zip(batched, alone, strict=True))
+    assert torch.get_num_threads() == threads
+
+
 def test_where_envs_step_changes_nothing():
     """One runner, two runners splitting the seeds' envs unevenly, threads within a runner."""
     config = _tiny(envs_per_seed=2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lop_ray.algos import CBPConfig
-from lop_ray.data.regression import RegressionSettings, RegressionStream, ThresholdTarget
+from lop_ray.data.regression import GENERATOR, RegressionSettings, RegressionStream, ThresholdTarget
 from lop_ray.data.seeding import LEARNER, STREAM, TARGET, derived_seed, generator
 from lop_ray.experiments.learner import LearnerSettings
 from lop_ray.experiments.regression import RegressionConfig, RegressionExperiment
@@ -228,25 +228,58 @@ def test_stream_checkpoint_continues_identically(mode, position):
         assert torch.equal(torch.cat([y1, y2]), expected_y)
 
 
-def test_stream_checkpoint_holds_the_pattern_the_next_period_derives_from():
+def test_stream_checkpoint_holds_the_slow_bits_flip_one_walks_on_from():
     settings = RegressionSettings(flip_after=200, bit_change="flip_one")
     x, _ = RegressionStream(settings, 6).take(600)
     stream = RegressionStream(settings, 6)
-    assert stream.state_dict()["pattern_before_period"] is None
-    stream.take(150)  # mid period 0: nothing before it
-    assert stream.state_dict()["pattern_before_period"] is None
-    stream.take(50)  # boundary: period 1 will be derived from period 0's bits
-    assert stream.state_dict()["pattern_before_period"].tolist() == x[0, :15].tolist()
-    stream.take(150)  # mid period 1: still derived from period 0's bits
-    assert stream.state_dict()["pattern_before_period"].tolist() == x[0, :15].tolist()
+    assert stream.state_dict()["pattern_period"] == -1  # nothing drawn yet
+    stream.take(150)  # mid period 0
+    state = stream.state_dict()
+    assert state["pattern_period"] == 0 and state["pattern"].tolist() == x[0, :15].tolist()
+    assert state["generator"] == GENERATOR
+    stream.take(50)  # at the boundary: still period 0's bits, which period 1 flips one of
+    assert stream.state_dict()["pattern"].tolist() == x[0, :15].tolist()
+    stream.take(1)
+    assert stream.state_dict()["pattern"].tolist() == x[200, :15].tolist()
 
 
-def test_stream_refuses_to_skip_periods():
+@pytest.mark.parametrize("mode", MODES)
+def test_any_position_is_reached_without_reading_the_examples_before_it(mode):
+    """Counter-based: an example is a function of (seed, period, offset); flip_one's slow bits walk
+    forward from whatever period the stream holds, so a stream moved ahead serves the same examples
+    as one that read its way there."""
+    settings = RegressionSettings(flip_after=200, bit_change=mode)
+    x, y = RegressionStream(settings, 6).take(1500)
+    jumped = RegressionStream(settings, 6)
+    jumped.take(10)
+    jumped.position = 1234  # not through take(): six periods ahead
+    x2, y2 = jumped.take(266)
+    assert torch.equal(x2, x[1234:]) and torch.equal(y2, y[1234:])
+
+
+def test_a_checkpoint_of_the_old_stream_is_refused():
     stream = RegressionStream(SMALL, 0)
-    stream.take(10)
-    stream.position = 500  # not through take(): period 2 would be derived from period 0
-    with pytest.raises(RuntimeError):
-        stream.take(1)
+    with pytest.raises(ValueError, match="Mersenne-twister generator of before 2026-12-06"):
+        stream.load_state_dict({"position": 400, "pattern_before_period": None})
+
+
+def test_peek_leaves_the_stream_where_it_is():
+    stream = RegressionStream(SMALL, 3)
+    stream.take(150)
+    peeked = stream.peek(100)
+    taken = stream.take(100)
+    assert stream.position == 250
+    assert torch.equal(peeked[0], taken[0]) and torch.equal(peeked[1], taken[1])
+
+
+@pytest.mark.parametrize("fast_bits", [13, 20])
+def test_periods_with_many_fast_bits_compute_each_target(fast_bits):
+    # beyond TABLE_BITS fast bits a table of every pattern would outgrow the period
+    settings = RegressionSettings(num_inputs=15 + fast_bits, flip_after=300)
+    stream = RegressionStream(settings, 4)
+    x, y = stream.take(700)
+    assert torch.equal(y, stream.target(x)) and len(torch.unique(y)) > 1
+    assert 0.4 < x[:, 15:].mean().item() < 0.6
 
 
 # --- the experiment -----------------------------------------------------------------------------

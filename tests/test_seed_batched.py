@@ -59,13 +59,18 @@ LEARNERS = {
 }
 
 
-def _config(learner: LearnerSettings, per_step: int = 60) -> RegressionConfig:
-    return RegressionConfig(examples_per_step=per_step, learner=learner)
+def _config(learner: LearnerSettings, per_step: int = 60, compiled: bool = True) -> RegressionConfig:
+    return RegressionConfig(examples_per_step=per_step, learner=learner, compiled=compiled)
 
 
+# both paths of the regression learner: the compiled kernel (where it has the learner) and PyTorch's
+PATHS = [True, False]
+
+
+@pytest.mark.parametrize("compiled", PATHS, ids=["compiled", "pytorch"])
 @pytest.mark.parametrize("name", sorted(LEARNERS))
-def test_each_seed_of_a_batch_follows_its_own_trajectory_exactly(name):
-    config = _config(LEARNERS[name])
+def test_each_seed_of_a_batch_follows_its_own_trajectory_exactly(name, compiled):
+    config = _config(LEARNERS[name], compiled=compiled)
     seeds = [3, 0, 7]
     batch = RegressionExperiment(config, seeds)
     together = [batch.run_step() for _ in range(3)]
@@ -113,13 +118,15 @@ class PlainLearner:
         return loss.item()
 
 
+@pytest.mark.parametrize("compiled", PATHS, ids=["compiled", "pytorch"])
 @pytest.mark.parametrize("name", ["bp_sgd", "l2_momentum", "bp_adam"])
-def test_one_seed_follows_a_plain_pytorch_learner(name):
+def test_one_seed_follows_a_plain_pytorch_learner(name, compiled):
     """S = 1 is the single-seed learner: its online errors are those of the plain learner on the
     same stream to float rounding (the seed-axis step is hand-written and compiled, torch.optim's is
     autograd plus its own update)."""
-    config = _config(LEARNERS[name], per_step=100)
+    config = _config(LEARNERS[name], per_step=100, compiled=compiled)
     seeded = RegressionExperiment(config, [5])
+    assert (seeded.compiled is not None) == compiled
     plain = PlainLearner(seeded.net, 0, LEARNERS[name])
     stream = RegressionStream(config.problem, 5)
     for _ in range(3):
@@ -133,9 +140,9 @@ def test_one_seed_follows_a_plain_pytorch_learner(name):
 def test_compiled_cbp_statistics_follow_the_pytorch_path(name, monkeypatch):
     """Small CPU layers update CBP's statistics in one compiled call; large ones (and CUDA) take
     PyTorch's ops. Both replace the same units at the same steps and agree to float rounding."""
-    config = _config(LEARNERS[name])
+    config = _config(LEARNERS[name], compiled=False)  # the PyTorch learner's two ways
     compiled = RegressionExperiment(config, [3, 0])
-    assert compiled.cbp.compiled_statistics == [True]
+    assert compiled.compiled is None and compiled.cbp.compiled_statistics == [True]
     compiled_steps = [compiled.run_step() for _ in range(4)]
     monkeypatch.setattr(ContinualBackprop, "compiled_statistics_limit", 0)
     torch_ops = RegressionExperiment(config, [3, 0])
@@ -236,11 +243,12 @@ def test_compiled_step_is_not_taken_where_it_does_not_apply():
     assert one_hidden.double()._compiled_step(x.double(), F.mse_loss) is None
 
 
+@pytest.mark.parametrize("compiled", PATHS, ids=["compiled", "pytorch"])
 @pytest.mark.parametrize(
     "name", ["snp_sgd", "cbp_probabilistic", "cbp_random_accumulate", "redo_momentum", "upgd", "snr"]
 )
-def test_resumed_batch_continues_bit_identically(name):
-    config = _config(LEARNERS[name])
+def test_resumed_batch_continues_bit_identically(name, compiled):
+    config = _config(LEARNERS[name], compiled=compiled)
     straight = RegressionExperiment(config, [0, 1])
     expected = [straight.run_step() for _ in range(3)]
     first = RegressionExperiment(config, [0, 1])

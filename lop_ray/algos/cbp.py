@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy
 import torch
 
-from lop_ray.algos.cbp_statistics_kernel import UTILITY_CODES, update_unit_statistics
+from lop_ray.algos.cbp_statistics_kernel import UTILITY_CODES, saturation_age, update_unit_statistics
 from lop_ray.algos.counter_rng import CounterNoise
 from lop_ray.algos.optim import per_element_state
 from lop_ray.nets.activations import init_bound
@@ -179,6 +179,7 @@ class ContinualBackprop:
         widths = [group.width for group in self.groups]
         self.most_per_step = [min(w, math.floor(config.replacement_rate * w) + 1) for w in widths]
         self.bounds = [init_bound(config.init, g.activation, g.fan_in, g.fan_out) for g in self.groups]
+        self.saturated_age = int(saturation_age(config.decay_rate))  # compiled statistics skip η^age
         self.compiled_statistics = [
             device.type == "cpu"
             and config.utility_average == "ema"
@@ -191,11 +192,33 @@ class ContinualBackprop:
             for group in self.groups
         ]
         if self.draw_ahead:
-            # uniform_(−B, B) on the CPU computes x·(to − from) + from in float64 from float32 bounds
-            self._pool_bounds = [float(numpy.float32(b)) for b in self.bounds]
-            fans = [g.fan_in for g in self.groups]
-            self._draws_per_step = sum(k * f for k, f in zip(self.most_per_step, fans, strict=True))
-            self._reset_pool([_state_of(g) for g in self.generators])
+            self._start_pool()
+
+    def draw_from_pool(self) -> None:
+        """Draw new weights from the pool (`draw_ahead`) from now on: the same numbers, read through
+        per-seed cursors, as compiled loops that replace units themselves need (the regression
+        kernel). Only for uniform float32 draws, which the pool reproduces bit for bit."""
+        if self.draw_ahead or not self.groups:
+            return
+        if (
+            self.config.init_distribution != "uniform"
+            or self.groups[0].incoming.tensor.dtype != torch.float32
+        ):
+            raise ValueError("the pool of new weights reproduces uniform float32 draws only")
+        self.draw_ahead = True
+        self._start_pool()
+
+    def _start_pool(self) -> None:
+        # uniform_(−B, B) on the CPU computes x·(to − from) + from in float64 from float32 bounds
+        self._pool_bounds = [float(numpy.float32(b)) for b in self.bounds]
+        fans = [g.fan_in for g in self.groups]
+        self._draws_per_step = sum(k * f for k, f in zip(self.most_per_step, fans, strict=True))
+        self._reset_pool([_state_of(g) for g in self.generators])
+
+    def refill_pool(self) -> None:
+        """Drop the draws every seed has used and append as many fresh ones (the pool's cursors
+        return to 0): for callers that consume the pool themselves."""
+        self._refill(force=True)
 
     # --- the pool of new weights' draws (draw_ahead) --------------------------------------------
     def _reset_pool(self, states: Sequence[torch.Tensor | None]) -> None:
@@ -213,13 +236,17 @@ class ContinualBackprop:
         self._behind = [0] * len(self.generators)  # draws from each snapshot to its pool row's start
         self._steps_since_refill = 0
 
-    def _refill(self) -> None:
+    def _refill(self, force: bool = False) -> None:
         """Drop what each seed consumed, append as many fresh draws: one synchronisation. Done only
         when the next period's worst case might not fit (replacement is rare: mostly it fits)."""
         consumed = self._cursor.tolist()
         self._steps_since_refill = 0
         size = self._pool.shape[1]
-        if max(consumed) + self.refill_steps * self._draws_per_step <= size:
+        if (
+            max(consumed) == 0
+            or not force
+            and max(consumed) + self.refill_steps * self._draws_per_step <= size
+        ):
             return
         fresh = torch.zeros((len(consumed), max(consumed)), dtype=torch.float32)
         for s, count in enumerate(consumed):
@@ -329,7 +356,7 @@ class ContinualBackprop:
             random_utility, draws,
             float(cfg.decay_rate), UTILITY_CODES[cfg.util_type], int(cfg.maturity_threshold),
             float(cfg.replacement_rate), cfg.replacement_base == "eligible", bool(cfg.accumulate),
-            mean_estimate, counts,
+            mean_estimate, counts, self.saturated_age,
         )  # fmt: skip
         return torch.from_numpy(counts), torch.from_numpy(mean_estimate)
 

@@ -43,19 +43,39 @@ def _scalar_hash32(x: np.uint64) -> np.uint64:
     return x ^ (x >> np.uint64(16))
 
 
+@numba.njit(cache=True, inline="always")
+def counter_base(key: np.uint64, counter: np.uint64, stream: np.uint64) -> np.uint64:
+    """The hash of (key, counter, stream) that every element of that draw starts from."""
+    mask = np.uint64(_MASK32)
+    stream_term = np.uint64(stream) * np.uint64(0x85EBCA77)
+    salt = _scalar_hash32((np.uint64(counter) * np.uint64(0x9E3779B1) + stream_term) & mask)
+    return _scalar_hash32(np.uint64(key) ^ salt)
+
+
+@numba.njit(cache=True, inline="always")
+def counter_element(base: np.uint64, element: np.uint64) -> np.uint64:
+    """Element `element` of the draw whose `counter_base` is `base`: 32 random bits."""
+    value = _scalar_hash32((base + np.uint64(element)) & np.uint64(_MASK32))
+    return _scalar_hash32(value ^ base)
+
+
+@numba.njit(cache=True, inline="always")
+def counter_uniform(base: np.uint64, element: np.uint64) -> float:
+    """`uniform`'s float64 value of that element, in (0, 1). (Through int64: the value is below
+    2³², and x86 converts a signed integer in one instruction, an unsigned 64-bit one in ~20 ns.)"""
+    return (np.float64(np.int64(counter_element(base, element))) + 0.5) / 4294967296.0
+
+
 @numba.njit(cache=True)
 def _compiled_random_bits(keys: np.ndarray, counters: np.ndarray, stream: int, out: np.ndarray) -> None:
     """`random_bits` on the CPU: the same hash on each (key, counter, element), in uint64 (products
-    of two 32-bit values fit), written into `out` (S, K, count)."""
-    mask = np.uint64(_MASK32)
-    stream_term = np.uint64(stream) * np.uint64(0x85EBCA77)
+    of two 32-bit values fit), written into `out` (S, K, count). Compiled loops elsewhere (the
+    regression kernel) call the same `counter_base` / `counter_element`, so they draw these values."""
     for k in range(counters.shape[0]):
-        salt = _scalar_hash32((np.uint64(counters[k]) * np.uint64(0x9E3779B1) + stream_term) & mask)
         for s in range(keys.shape[0]):
-            base = _scalar_hash32(np.uint64(keys[s]) ^ salt)
+            base = counter_base(np.uint64(keys[s]), np.uint64(counters[k]), np.uint64(stream))
             for e in range(out.shape[2]):
-                value = _scalar_hash32((base + np.uint64(e)) & mask)
-                out[s, k, e] = np.int64(_scalar_hash32(value ^ base))
+                out[s, k, e] = np.int64(counter_element(base, np.uint64(e)))
 
 
 def seed_keys(seeds: list[int], device: torch.device | str = "cpu") -> torch.Tensor:

@@ -166,7 +166,22 @@ class PPOLearner:
     def update(self, batch: Batch) -> dict[str, list[float]]:
         """`epochs` shuffled passes over `batch`; returns each seed's losses of the iteration, the
         mean gradient norm of its minibatches (before clipping: the plasticity metric) and its
-        policy's weight change."""
+        policy's weight change.
+
+        On the CPU it uses at most one thread per seed: with more threads than seeds a seed's GEMMs
+        are split across threads (MKL splits the sums of one product), so a seed alone would
+        compute other roundings than in a batch, where each thread takes its own seeds' products
+        (measured on an AMD EPYC host: Hopper returns 4e-10 apart after one update)."""
+        threads = torch.get_num_threads()
+        if batch.obs.device.type != "cpu" or threads <= self.num_seeds:
+            return self._update(batch)
+        torch.set_num_threads(self.num_seeds)
+        try:
+            return self._update(batch)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _update(self, batch: Batch) -> dict[str, list[float]]:
         cfg = self.config
         size = batch.advantages.shape[1]
         if size % cfg.minibatch_size:

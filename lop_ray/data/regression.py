@@ -1,10 +1,18 @@
 """Slowly-changing regression (spec/problems.md §1): the stream of (bits, target) examples.
 
 The target is a fixed random network of linear threshold units; of the 20 input bits, 15 "slow"
-bits change only every `flip_after` examples and 5 are fresh every example. Every flip period is
-generated from its own generator, derived from (run seed, period), so the stream is a function of the
-run seed alone: identical for every algorithm, identical however it is cut into steps, and a resumed
-run regenerates the current period instead of storing it.
+bits change only every `flip_after` examples and 5 are fresh every example. Every random bit of the
+stream is counter-based (`lop_ray.algos.counter_rng`'s hash of the seed's stream key, the period and
+the element), so the stream is a function of the run seed alone: identical for every algorithm,
+identical however it is cut into steps, any example computable without the ones before it except
+for `flip_one`'s pattern, which each period derives from the last. The compiled regression learner
+(`lop_ray.experiments.regression_kernel`) generates the stream inside its loop with the same
+functions (`advance_pattern`, `example_index`, `target_table`), so both paths see the same examples.
+
+The generator changed on 2026-12-06 (issue 16) from one Mersenne twister per period to the counter
+hash, vectorisable over seeds and cheap enough to generate inside the compiled loop; checkpoints
+record it (`GENERATOR`), and one written by the old stream is refused rather than continued on
+another stream.
 """
 
 from __future__ import annotations
@@ -12,9 +20,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numba
+import numpy as np
 import torch
 
-from lop_ray.data.seeding import STREAM, TARGET, generator
+from lop_ray.algos.counter_rng import counter_base, counter_element
+from lop_ray.data.seeding import STREAM, TARGET, derived_seed, generator
+
+GENERATOR = "counter-lowbias32"  # the stream's generator, recorded in its checkpoints
+# counter streams of the stream key: a period's slow bits, flip_one's flipped bit, the fast bits
+SLOW_BITS, FLIPPED_BIT, FAST_BITS = 0, 1, 2
+# periods whose fast bits are at most this many take their targets from a table of every pattern
+TABLE_BITS = 12
 
 
 @dataclass(frozen=True)
@@ -28,6 +45,10 @@ class RegressionSettings:
     bit_change: Literal["redraw", "flip_one"] = "redraw"
     target_hidden_units: int = 100
     threshold_beta: float = 0.7
+
+    @property
+    def num_fast_bits(self) -> int:
+        return self.num_inputs - self.num_slow_bits
 
 
 class ThresholdTarget:
@@ -53,84 +74,177 @@ class ThresholdTarget:
         hidden = (x @ self.w1.T + self.b1 > self.threshold).float()
         return (hidden @ self.w2 + self.b2).unsqueeze(1)
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """(w1, b1, w2, b2, threshold) as float32 numpy arrays, for the compiled stream."""
+        return tuple(t.numpy() for t in (self.w1, self.b1, self.w2, self.b2, self.threshold))
+
+
+def stream_key(seed: int) -> int:
+    """The 32-bit counter key of run `seed`'s stream."""
+    return derived_seed(seed, STREAM) & 0xFFFFFFFF
+
+
+@numba.njit(cache=True, inline="always")
+def _bit(key: np.uint64, period: int, stream: int, position: int) -> np.float32:
+    """Bit `position` of the (key, period, stream) draw: bit position % 32 of its element // 32."""
+    base = counter_base(key, np.uint64(period), np.uint64(stream))
+    word = counter_element(base, np.uint64(position // 32))
+    return np.float32((word >> np.uint64(position % 32)) & np.uint64(1))
+
+
+@numba.njit(cache=True)
+def advance_pattern(
+    key: np.uint64, pattern: np.ndarray, pattern_period: int, period: int, flip_one: bool
+) -> int:
+    """Make `pattern` (the slow bits of period `pattern_period`; −1: none yet) those of `period`;
+    returns `period`. `redraw` draws every period's bits afresh; `flip_one` draws period 0's and
+    then flips one bit per period, so it walks forward from the pattern it holds."""
+    if period == pattern_period:
+        return period
+    num_slow = pattern.shape[0]
+    if not flip_one or pattern_period < 0 or period < pattern_period:
+        start = period if not flip_one else 0
+        for j in range(num_slow):
+            pattern[j] = _bit(key, start, SLOW_BITS, j)
+        pattern_period = start
+    for p in range(pattern_period + 1, period + 1):
+        if num_slow:
+            base = counter_base(key, np.uint64(p), np.uint64(FLIPPED_BIT))
+            j = counter_element(base, np.uint64(0)) % np.uint64(num_slow)
+            pattern[j] = np.float32(1.0) - pattern[j]
+    return period
+
+
+@numba.njit(cache=True, inline="always")
+def example_index(fast_base: np.uint64, offset: int, num_fast: int) -> np.uint64:
+    """The fast bits of example `offset` of a period (whose FAST_BITS draw has base `fast_base`) as
+    an integer: fast input b is bit b. (One 32-bit element per example: at most 32 fast bits.)"""
+    word = counter_element(fast_base, np.uint64(offset))
+    return word & np.uint64((1 << num_fast) - 1)
+
+
+@numba.njit(cache=True)
+def target_table(
+    w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, threshold: np.ndarray,
+    pattern: np.ndarray, num_fast: int, table: np.ndarray,
+) -> None:  # fmt: skip
+    """The target of every fast-bit pattern of a period (table[index], index as `example_index`).
+    Exact: the target's arithmetic is on small integers, so the order of its sums does not matter."""
+    hidden, inputs = w1.shape
+    num_slow = inputs - num_fast
+    for index in range(table.shape[0]):
+        y = b2[0]
+        for i in range(hidden):
+            pre = b1[i]
+            for j in range(num_slow):
+                pre += w1[i, j] * pattern[j]
+            for b in range(num_fast):
+                pre += w1[i, num_slow + b] * np.float32((index >> b) & 1)
+            if pre > threshold[i]:
+                y += w2[i]
+        table[index] = y
+
+
+@numba.njit(cache=True)
+def _fill_period(
+    key: np.uint64, period: int, first: int, count: int, pattern: np.ndarray,
+    w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, threshold: np.ndarray,
+    x: np.ndarray, y: np.ndarray,
+) -> None:  # fmt: skip
+    """Examples first … first + count − 1 of period `period` (slow bits `pattern`) into x, y."""
+    num_slow = pattern.shape[0]
+    num_fast = x.shape[1] - num_slow
+    fast_base = counter_base(key, np.uint64(period), np.uint64(FAST_BITS))
+    table = np.empty(1 << num_fast if num_fast <= TABLE_BITS else 0, dtype=np.float32)
+    if num_fast <= TABLE_BITS:
+        target_table(w1, b1, w2, b2, threshold, pattern, num_fast, table)
+    for t in range(count):
+        index = example_index(fast_base, first + t, num_fast)
+        for j in range(num_slow):
+            x[t, j] = pattern[j]
+        for b in range(num_fast):
+            x[t, num_slow + b] = np.float32((index >> np.uint64(b)) & np.uint64(1))
+        if num_fast <= TABLE_BITS:
+            y[t] = table[index]
+        else:
+            y[t] = _direct_target(w1, b1, w2, b2, threshold, x[t])
+
+
+@numba.njit(cache=True)
+def _direct_target(w1, b1, w2, b2, threshold, x) -> np.float32:
+    y = b2[0]
+    for i in range(w1.shape[0]):
+        pre = b1[i]
+        for j in range(w1.shape[1]):
+            pre += w1[i, j] * x[j]
+        if pre > threshold[i]:
+            y += w2[i]
+    return y
+
 
 class RegressionStream:
-    """Serves the stream in order, any number of examples at a time, on the CPU."""
+    """Serves run `seed`'s stream in order, any number of examples at a time, on the CPU.
+
+    Its state is the position and the slow bits of one period (`pattern`, of period
+    `pattern_period`), which `flip_one` derives the next period's from; the examples themselves are
+    regenerated from the counter hash when needed."""
 
     def __init__(self, settings: RegressionSettings, seed: int) -> None:
+        if settings.num_fast_bits > 32:
+            raise ValueError(
+                f"at most 32 fast bits (num_inputs − num_slow_bits), got {settings.num_fast_bits}"
+            )
         self.settings = settings
         self.seed = seed
+        self.key = stream_key(seed)
         self.target = ThresholdTarget(settings, seed)
         self.position = 0
-        self._previous_pattern: torch.Tensor | None = None  # slow bits of the period before
-        self._period_index = -1
-        self._period: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.pattern = np.zeros(settings.num_slow_bits, dtype=np.float32)
+        self.pattern_period = -1  # no period drawn yet
 
     def take(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `count` examples: inputs (count, num_inputs) and targets (count, 1)."""
-        if count <= 0:
-            return torch.zeros(0, self.settings.num_inputs), torch.zeros(0, 1)
-        xs, ys = [], []
-        while count > 0:
-            period = self.position // self.settings.flip_after
-            offset = self.position % self.settings.flip_after
-            x, y = self._period_data(period)
-            chunk = min(count, self.settings.flip_after - offset)
-            xs.append(x[offset : offset + chunk])
-            ys.append(y[offset : offset + chunk])
-            self.position += chunk
-            count -= chunk
-        return torch.cat(xs), torch.cat(ys)
-
-    def _period_data(self, period: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if period == self._period_index:
-            return self._period
-        if period != self._period_index + 1 and self._period_index != -1:
-            raise RuntimeError("the stream is read in order; periods cannot be skipped")
-        if self._period is not None:
-            self._previous_pattern = self._period[0][0, : self.settings.num_slow_bits].clone()
         s = self.settings
-        gen = generator(self.seed, STREAM, period)
-        if s.bit_change == "redraw" or self._previous_pattern is None:
-            slow = torch.randint(0, 2, (s.num_slow_bits,), generator=gen).float()
-        else:
-            slow = self._previous_pattern.clone()
-            flip = torch.randint(0, s.num_slow_bits, (1,), generator=gen)
-            slow[flip] = 1.0 - slow[flip]
-        num_fast = s.num_inputs - s.num_slow_bits
-        fast_bits = torch.randint(0, 2, (s.flip_after, num_fast), generator=gen)
-        x = torch.cat([slow.expand(s.flip_after, -1), fast_bits.float()], dim=1)
-        self._period_index = period
-        self._period = (x, self._targets(slow, fast_bits, x))
-        return self._period
+        x = np.empty((max(count, 0), s.num_inputs), dtype=np.float32)
+        y = np.empty(max(count, 0), dtype=np.float32)
+        done = 0
+        while done < count:
+            period, offset = divmod(self.position, s.flip_after)
+            chunk = min(count - done, s.flip_after - offset)
+            self.pattern_period = advance_pattern(
+                np.uint64(self.key), self.pattern, self.pattern_period, period, s.bit_change == "flip_one"
+            )
+            _fill_period(
+                np.uint64(self.key), period, offset, chunk, self.pattern, *self.target.arrays(),
+                x[done : done + chunk], y[done : done + chunk],
+            )  # fmt: skip
+            self.position += chunk
+            done += chunk
+        return torch.from_numpy(x), torch.from_numpy(y).unsqueeze(1)
 
-    def _targets(self, slow: torch.Tensor, fast_bits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Within a period only the fast bits vary, so the target takes at most 2^fast values: look
-        them up instead of running the target network on every example (it was ~80 % of the
-        stream's cost). Exact either way: the target's arithmetic is on small integers."""
-        num_fast = fast_bits.shape[1]
-        if 2**num_fast >= len(fast_bits):
-            return self.target(x)
-        place_values = 2 ** torch.arange(num_fast - 1, -1, -1)
-        patterns = (torch.arange(2**num_fast).unsqueeze(1) // place_values) % 2
-        table = self.target(torch.cat([slow.expand(len(patterns), -1), patterns.float()], dim=1))
-        return table[(fast_bits * place_values).sum(dim=1)]
+    def peek(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `count` examples, leaving the stream where it is."""
+        saved = self.state_dict()
+        try:
+            return self.take(count)
+        finally:
+            self.load_state_dict(saved)
 
     def state_dict(self) -> dict[str, Any]:
-        """Position and the slow bits the current period was derived from; the period's examples
-        are regenerated on load."""
-        period = self.position // self.settings.flip_after
-        if period == self._period_index:
-            before = self._previous_pattern
-        elif self._period is not None:  # the next take() starts a period derived from this one
-            before = self._period[0][0, : self.settings.num_slow_bits].clone()  # not a view of the period
-        else:  # nothing generated since construction or load
-            before = self._previous_pattern
-        return {"position": self.position, "pattern_before_period": before}
+        return {
+            "generator": GENERATOR,
+            "position": self.position,
+            "pattern": torch.from_numpy(self.pattern.copy()),
+            "pattern_period": self.pattern_period,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("generator") != GENERATOR:
+            raise ValueError(
+                "this checkpoint's regression stream was drawn by the Mersenne-twister generator of "
+                f"before 2026-12-06, not {GENERATOR!r} (issue 16 changed every regression stream): "
+                "it cannot be continued on the same examples; start the run afresh"
+            )
         self.position = int(state["position"])
-        before = state["pattern_before_period"]
-        self._previous_pattern = None if before is None else before.clone()
-        self._period_index = self.position // self.settings.flip_after - 1
-        self._period = None
+        self.pattern = np.asarray(state["pattern"], dtype=np.float32).copy()
+        self.pattern_period = int(state["pattern_period"])

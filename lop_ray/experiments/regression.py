@@ -1,5 +1,8 @@
 """Slowly-changing regression, one step of the trainable = `examples_per_step` online examples of
-every seed of the trial, all seeds in one `MLP` (see `lop_ray.nets.mlp` for why this is fast).
+every seed of the trial, all seeds in one `MLP` (see `lop_ray.nets.mlp` for why this is fast). On
+the CPU the step is one compiled call through all of them (`compiled_regression`) wherever the
+kernel has the configuration's network and algorithm; the PyTorch learner otherwise (`compiled:
+False` forces it). Both keep their state in the same tensors.
 
 Beside the paper's squared error, every step logs the plasticity metrics (`lop_ray.plasticity_metrics`)
 on its first `PLASTICITY_PROBE` examples: gradient norm and active units before the step's learning,
@@ -14,6 +17,7 @@ from typing import Any
 import torch
 
 from lop_ray.data.regression import RegressionSettings, RegressionStream
+from lop_ray.experiments.compiled_regression import CompiledRegression, unsupported
 from lop_ray.experiments.learner import LearnerSettings, build_learner, initial_mlp, learner_from_trial
 from lop_ray.nets.losses import per_seed_mse
 from lop_ray.plasticity_metrics import PlasticityProbe
@@ -29,6 +33,7 @@ class RegressionConfig:
     layer_norm: bool = False  # layer normalisation of the hidden layer (Lyle et al. 2024)
     crelu: bool = False  # CReLU hidden units (Abbas et al. 2023)
     examples_per_step: int = 10_000
+    compiled: bool = True  # the compiled path where it applies (see `compiled_regression.unsupported`)
     problem: RegressionSettings = field(default_factory=RegressionSettings)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
 
@@ -51,28 +56,26 @@ class RegressionExperiment:
         self.device = torch.device(device)
         self.streams = [RegressionStream(config.problem, seed) for seed in self.seeds]
         sizes = [config.problem.num_inputs, *([config.hidden_units] if config.hidden_units else []), 1]
-        self.net = initial_mlp(sizes, config.activation, self.seeds, layer_norm=config.layer_norm).to(
-            self.device
-        )
+        self.net = initial_mlp(
+            sizes, config.activation, self.seeds, layer_norm=config.layer_norm, crelu=config.crelu
+        ).to(self.device)
         self.learner, self.cbp = build_learner(self.net, settings, self.seeds, self.device, per_seed_mse)
         self.plasticity = PlasticityProbe(self.net, per_seed_mse, PLASTICITY_PROBE)
         self.steps_done = 0
+        self.compiled: CompiledRegression | None = None
+        if config.compiled and unsupported(self.net, self.learner, self.device) is None:
+            self.compiled = CompiledRegression(self.net, self.learner, self.streams)
 
     def run_step(self) -> list[dict[str, float]]:
         """Every seed learns online on its next `examples_per_step` examples; metrics per seed."""
         n = self.config.examples_per_step
-        taken = [stream.take(n) for stream in self.streams]
-        # example-major, (n, S, 1, features): each example of every seed is one contiguous block, so
-        # the per-step kernels read dense memory instead of S rows strided by n
-        x = torch.stack([t[0] for t in taken], dim=1).unsqueeze(2).to(self.device)
-        y = torch.stack([t[1] for t in taken], dim=1).unsqueeze(2).to(self.device)
-        probe = slice(0, PLASTICITY_PROBE)  # (S, examples, …): the step's first examples, seed first
-        self.plasticity.begin_task(x[probe, :, 0].transpose(0, 1), y[probe, :, 0].transpose(0, 1))
-        learn = self.learner.learn
-        losses = [learn(xi, yi)[0] for xi, yi in zip(x, y, strict=True)]
+        if self.compiled is not None:
+            probe = [stream.peek(min(n, PLASTICITY_PROBE)) for stream in self.streams]
+            self.plasticity.begin_task(torch.stack([p[0] for p in probe]), torch.stack([p[1] for p in probe]))
+            errors = self.compiled.advance(n).tolist()
+        else:
+            errors = self._learn_with_torch(n)
         self.steps_done += 1
-        # per seed, each reduction over one contiguous row: the same sums whatever S is
-        errors = [row.mean().item() for row in torch.stack(losses, dim=1)]
         count = self.net.weights_per_seed
         magnitude = [sum(sums) / count for sums in self.net.weight_abs_sums()]
         examples = float(self.streams[0].position)
@@ -86,6 +89,19 @@ class RegressionExperiment:
         for seed_metrics, plasticity in zip(metrics, self.plasticity.end_task(), strict=True):
             seed_metrics.update(plasticity)
         return metrics
+
+    def _learn_with_torch(self, n: int) -> list[float]:
+        taken = [stream.take(n) for stream in self.streams]
+        # example-major, (n, S, 1, features): each example of every seed is one contiguous block, so
+        # the per-step kernels read dense memory instead of S rows strided by n
+        x = torch.stack([t[0] for t in taken], dim=1).unsqueeze(2).to(self.device)
+        y = torch.stack([t[1] for t in taken], dim=1).unsqueeze(2).to(self.device)
+        probe = slice(0, PLASTICITY_PROBE)  # (S, examples, …): the step's first examples, seed first
+        self.plasticity.begin_task(x[probe, :, 0].transpose(0, 1), y[probe, :, 0].transpose(0, 1))
+        learn = self.learner.learn
+        losses = [learn(xi, yi)[0] for xi, yi in zip(x, y, strict=True)]
+        # per seed, each reduction over one contiguous row: the same sums whatever S is
+        return [row.mean().item() for row in torch.stack(losses, dim=1)]
 
     def state_dict(self) -> dict[str, Any]:
         return {
