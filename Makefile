@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser quickstart quickstart-digits test test-slow lint format
+.PHONY: venv browser quickstart quickstart-digits paper-regression test test-slow lint format
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ quickstart: $(STAMP)
 
 quickstart-digits: $(STAMP)
 	$(BIN)/lop-ray sweep sweeps/quickstart_digits.yaml
+
+# the paper's 46 regression files at the paper's scale, one Ray session, a figure per file
+paper-regression: $(STAMP)
+	$(BIN)/lop-ray sweep sweeps/regression/*/*.yaml --storage results/paper-regression
 
 lint: $(STAMP)
 	$(BIN)/ruff check lop_ray tests bench

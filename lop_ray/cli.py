@@ -20,7 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     sweep = commands.add_parser("sweep", help="validate and run a sweep file")
-    sweep.add_argument("file", help="sweep YAML (see sweeps/)")
+    sweep.add_argument(
+        "files",
+        nargs="+",
+        metavar="file",
+        help="sweep YAML (see sweeps/); several run one after another, all validated before the first starts",
+    )
     sweep.add_argument("--storage", help="results location, overriding the file's `storage`")
     sweep.add_argument("--check", action="store_true", help="validate and list the trials; run nothing")
     sweep.add_argument("--quiet", action="store_true", help="no progress display (for job logs)")
@@ -86,13 +91,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return print_status(args.results_dir)
         if args.command == "sweep":
-            spec = load_sweep(args.file, storage=args.storage)
+            specs = _load_all(args.files, args.storage)
             if args.check:
-                print(f"{args.file}: valid; {trial_count(spec)}")
+                for spec in specs:
+                    print(f"{spec.path}: valid; {trial_count(spec)}")
                 return 0
-            from lop_ray.sweep import run_sweep  # imports Ray: only once the input is known good
+            from lop_ray.sweep import run_sweeps  # imports Ray: only once the input is known good
 
-            outcome = run_sweep(spec, quiet=args.quiet)
+            outcomes = run_sweeps(specs, quiet=args.quiet)
+            return EXIT_TRIALS_FAILED if any(outcome.errors for outcome in outcomes) else 0
         else:
             from lop_ray.sweep import resume_sweep
 
@@ -101,6 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(error.problems), file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_TRIALS_FAILED if outcome.errors else 0
+
+
+def _load_all(files: list[str], storage: str | None) -> list[Sweep]:
+    """Every file validated; a SweepError lists the problems of all of them."""
+    specs, problems = [], []
+    for file in files:
+        try:
+            specs.append(load_sweep(file, storage=storage))
+        except SweepError as error:
+            problems += error.problems
+    if problems:
+        raise SweepError(files[0], problems)
+    return specs
 
 
 def trial_count(sweep: Sweep) -> str:

@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,9 @@ def results_dir_of(sweep: Sweep) -> Path | str:
     return Path(sweep.storage).expanduser().resolve() / sweep.name
 
 
-def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
-    """Start a new sweep. Refuses (before anything runs) if its results directory already holds one.
-
-    On S3 storage, Tune's state, the checkpoints and the sweep record are objects under
-    `<storage>/<name>`; MLflow logs to `tracking_uri`, or without one to a sqlite store beside the
-    driver (`storage.driver_dir`) with its artifacts on S3, which only a one-machine Ray can reach."""
-    quiet_mlflow_environment()
+def refuse_existing_results(sweep: Sweep) -> Path | str:
+    """The sweep's results directory, which must not hold a sweep yet (SweepError naming the file)."""
     results_dir = results_dir_of(sweep)
-    remote = storage.is_remote(results_dir)
     if storage.read_text(results_dir, SWEEP_FILE) is not None:
         raise SweepError(
             sweep.path,
@@ -83,6 +78,54 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
                 "name or --storage"
             ],
         )
+    return results_dir
+
+
+def run_sweeps(sweeps: list[Sweep], quiet: bool = False) -> list[SweepOutcome]:
+    """Several sweeps one after another in one Ray session (a suite such as `sweeps/regression/`).
+    Every results directory is checked first, and two sweeps may not share one, so that a clash is
+    found before the first sweep runs, not after it; a summary table ends the run."""
+    directories: dict[str, str] = {}
+    problems = []
+    for sweep in sweeps:
+        try:
+            directory = str(refuse_existing_results(sweep))
+        except SweepError as error:
+            problems += error.problems
+            continue
+        if directory in directories:
+            problems.append(
+                f"{sweep.path}: name: {sweep.name!r} is also the name of {directories[directory]}; their "
+                f"results would share {directory}: rename one"
+            )
+        directories.setdefault(directory, sweep.path)
+    if problems:
+        raise SweepError(sweeps[0].path, problems)
+    outcomes, seconds = [], []
+    for sweep in sweeps:
+        start = time.perf_counter()
+        outcomes.append(run_sweep(sweep, quiet))
+        seconds.append(time.perf_counter() - start)
+    if len(sweeps) > 1:
+        table = Table(title=f"{len(sweeps)} sweeps, {sum(seconds) / 60:.1f} min")
+        for column in ("sweep", "trials", "errors", "minutes", "figure"):
+            table.add_column(column)
+        for sweep, outcome, took in zip(sweeps, outcomes, seconds, strict=True):
+            figure = str(outcome.figure) if outcome.figure else "-"
+            table.add_row(sweep.name, trial_count(sweep), str(outcome.errors), f"{took / 60:.1f}", figure)
+        Console(stderr=True, width=max(160, Console(stderr=True).width)).print(table)
+    return outcomes
+
+
+def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
+    """Start a new sweep. Refuses (before anything runs) if its results directory already holds one.
+
+    On S3 storage, Tune's state, the checkpoints and the sweep record are objects under
+    `<storage>/<name>`; MLflow logs to `tracking_uri`, or without one to a sqlite store beside the
+    driver (`storage.driver_dir`) with its artifacts on S3, which only a one-machine Ray can reach."""
+    quiet_mlflow_environment()
+    results_dir = refuse_existing_results(sweep)
+    remote = storage.is_remote(results_dir)
     local_dir = storage.driver_dir(results_dir)
     tracking_uri = sweep.tracking_uri or embedded_tracking_uri(local_dir)
     if remote and _on_the_drivers_disk(tracking_uri):

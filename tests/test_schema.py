@@ -20,6 +20,7 @@ from lop_ray import cli
 from lop_ray.problems import PROBLEMS
 from lop_ray.schema import Sweep, SweepError, load_sweep, validate_sweep
 from lop_ray.tracking import trial_run_name
+from tests.conftest import TINY_REGRESSION, write_sweep
 
 # Every case's file is HEADER + its own lines; `@STORAGE@` becomes a folder inside tmp_path that must
 # never be created. HEADER is 5 lines, so a case's first own line is line 6.
@@ -488,6 +489,9 @@ class _RaySentinel(types.ModuleType):
         self.runs.append((sweep, quiet))
         return types.SimpleNamespace(errors=[])
 
+    def run_sweeps(self, sweeps: list[Sweep], quiet: bool = False):
+        return [self.run_sweep(sweep, quiet) for sweep in sweeps]
+
     def resume_sweep(self, results_dir: str, quiet: bool = False):  # pragma: no cover
         raise AssertionError("resume must not run in the schema tests")
 
@@ -566,6 +570,56 @@ def test_bad_sweeps_raise_sweep_error_with_every_problem(tmp_path):
         "algorithms[1].decay_rate",
     ]
     assert [p.split(": ")[0] for p in problems] == [f"{path}:{n}" for n in (13, 8, 11, 12)]
+
+
+def test_several_files_are_all_validated_before_the_first_runs(tmp_path, capsys, no_ray):
+    storage = tmp_path / "storage"
+    good = write_sweep(
+        tmp_path / "good.yaml", TINY_REGRESSION.format(name="good", num_tasks=1, storage=storage)
+    )
+    bad = write_sweep(
+        tmp_path / "bad.yaml",
+        TINY_REGRESSION.format(name="bad", num_tasks=1, storage=storage).replace("0.001", "fast"),
+    )
+    before = _files_under(tmp_path)
+    code, out, err = _run_cli(["sweep", str(good), str(bad)], capsys)
+    assert code == cli.EXIT_BAD_INPUT and out == ""
+    assert f"{bad}:" in err and "step_size" in err and str(good) not in err
+    assert no_ray.runs == [] and _files_under(tmp_path) == before and not _ray_started()
+
+    other = write_sweep(
+        tmp_path / "other.yaml", TINY_REGRESSION.format(name="other", num_tasks=1, storage=storage)
+    )
+    code, out, _ = _run_cli(["sweep", str(good), str(other), "--check"], capsys)
+    assert code == 0 and out.splitlines() == [
+        f"{good}: valid; 4 trials × 2 steps",
+        f"{other}: valid; 4 trials × 2 steps",
+    ]
+    assert _run_cli(["sweep", str(good), str(other)], capsys)[0] == 0
+    assert [sweep.name for sweep, _ in no_ray.runs] == ["good", "other"]
+
+
+def test_sweeps_that_would_share_a_results_directory_are_refused_before_either_runs(tmp_path):
+    from lop_ray.sweep import run_sweeps
+
+    storage = tmp_path / "storage"
+    first = load_sweep(
+        write_sweep(tmp_path / "a.yaml", TINY_REGRESSION.format(name="same", num_tasks=1, storage=storage))
+    )
+    second = load_sweep(
+        write_sweep(tmp_path / "b.yaml", TINY_REGRESSION.format(name="same", num_tasks=1, storage=storage))
+    )
+    with pytest.raises(SweepError) as raised:
+        run_sweeps([first, second])
+    [problem] = raised.value.problems
+    assert problem.startswith(
+        f"{tmp_path / 'b.yaml'}: name: 'same' is also the name of {tmp_path / 'a.yaml'}"
+    )
+    (storage / "same").mkdir(parents=True)
+    (storage / "same" / "lop_ray_sweep.json").write_text("{}")  # a sweep already ran there
+    with pytest.raises(SweepError, match="already exist"):
+        run_sweeps([first])
+    assert not _ray_started()
 
 
 # --- files that cannot be read

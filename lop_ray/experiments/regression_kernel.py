@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from lop_ray.algos.cbp_statistics_kernel import seed_unit_statistics
-from lop_ray.algos.counter_rng import counter_base, counter_uniform
+from lop_ray.algos.counter_rng import compiled_normals, counter_base, counter_uniform
 from lop_ray.data.regression import (
     FAST_BITS,
     TABLE_BITS,
@@ -201,6 +201,9 @@ def advance_seeds(
     grad_wo = np.empty(fan, dtype=np.float32)
     grad_bo = np.empty(1, dtype=np.float32)
     scratch = np.empty((4, max(hidden * inputs, fan, 1)), dtype=np.float32)  # the update's loops
+    parameters = hidden * inputs + hidden + fan + 1
+    noise = np.empty(parameters, dtype=np.float32)  # S&P's draws of a step, in parameter order
+    noise_scratch = np.empty((3, parameters), dtype=np.float64)
     on = np.empty(inputs, dtype=np.int64)  # the inputs that are 1 this example
     # plain SGD: an input of 0 has a gradient of 0 and leaves its weights as they are
     plain_sgd = code == SGD and momentum == _ZERO and weight_decay == _ZERO and l2_init2 == _ZERO
@@ -341,27 +344,16 @@ def advance_seeds(
                 base2 = counter_base(
                     np.uint64(perturb_keys[s]), np.uint64(step), np.uint64(2 * perturb_stream + 1)
                 )
-                e = 0
+                compiled_normals(base1, base2, parameters, noise, noise_scratch)
+                weights = hidden * inputs
+                for e in range(weights):
+                    wh_f[s, e] += perturb_scale * noise[e]
                 for k in range(hidden):
-                    for j in range(inputs):
-                        wh[s, k, j] += perturb_scale * _gaussian(base1, base2, e)
-                        e += 1
-                for k in range(hidden):
-                    bh[s, k] += perturb_scale * _gaussian(base1, base2, e)
-                    e += 1
-                for k in range(wo.shape[2]):
-                    wo[s, 0, k] += perturb_scale * _gaussian(base1, base2, e)
-                    e += 1
-                bo[s, 0] += perturb_scale * _gaussian(base1, base2, e)
+                    bh[s, k] += perturb_scale * noise[weights + k]
+                for k in range(fan):
+                    wo_f[s, k] += perturb_scale * noise[weights + hidden + k]
+                bo[s, 0] += perturb_scale * noise[weights + hidden + fan]
             progress[s] = t + 1
-
-
-@numba.njit(cache=True, inline="always")
-def _gaussian(base1: np.uint64, base2: np.uint64, element: int) -> np.float32:
-    """`counter_rng.normal`'s value: Box–Muller over the two uniform streams, in float64."""
-    u1 = counter_uniform(base1, np.uint64(element))
-    u2 = counter_uniform(base2, np.uint64(element))
-    return np.float32(math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2))
 
 
 @numba.njit(cache=True, inline="always")
