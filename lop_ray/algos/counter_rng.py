@@ -136,7 +136,7 @@ def compiled_normals(
         log_u = k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
         radius[e] = math.sqrt(-2.0 * log_u)
     for e in range(count):
-        u = (np.float64(np.int64(counter_element(base2, np.uint64(e)))) + 0.5) / 4294967296.0
+        u = counter_uniform(base2, np.uint64(e))
         a = abs(u - math.floor(u + 0.5))  # cos(2πu) = cos(2πa), a in [0, ½]
         negate = a > 0.25
         a = 0.5 - a if negate else a  # cos(2πa) = −cos(2π(½ − a))

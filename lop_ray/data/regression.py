@@ -7,7 +7,7 @@ the element), so the stream is a function of the run seed alone: identical for e
 identical however it is cut into steps, any example computable without the ones before it except
 for `flip_one`'s pattern, which each period derives from the last. The compiled regression learner
 (`lop_ray.experiments.regression_kernel`) generates the stream inside its loop with the same
-functions (`advance_pattern`, `example_index`, `target_table`), so both paths see the same examples.
+functions (`advance_pattern`, `target_table`, `example_target`), so both paths see the same examples.
 
 The generator changed on 2026-12-06 (issue 16) from one Mersenne twister per period to the counter
 hash, vectorisable over seeds and cheap enough to generate inside the compiled loop; checkpoints
@@ -85,9 +85,9 @@ def stream_key(seed: int) -> int:
 
 
 @numba.njit(cache=True, inline="always")
-def _bit(key: np.uint64, period: int, stream: int, position: int) -> np.float32:
-    """Bit `position` of the (key, period, stream) draw: bit position % 32 of its element // 32."""
-    base = counter_base(key, np.uint64(period), np.uint64(stream))
+def _bit(base: np.uint64, position: int) -> np.float32:
+    """Bit `position` of the draw whose `counter_base` is `base`: bit position % 32 of its element
+    position // 32."""
     word = counter_element(base, np.uint64(position // 32))
     return np.float32((word >> np.uint64(position % 32)) & np.uint64(1))
 
@@ -104,8 +104,9 @@ def advance_pattern(
     num_slow = pattern.shape[0]
     if not flip_one or pattern_period < 0 or period < pattern_period:
         start = period if not flip_one else 0
+        base = counter_base(key, np.uint64(start), np.uint64(SLOW_BITS))
         for j in range(num_slow):
-            pattern[j] = _bit(key, start, SLOW_BITS, j)
+            pattern[j] = _bit(base, j)
         pattern_period = start
     for p in range(pattern_period + 1, period + 1):
         if num_slow:
@@ -145,6 +146,25 @@ def target_table(
         table[index] = y
 
 
+@numba.njit(cache=True, inline="always")
+def example_target(
+    fast_base: np.uint64, offset: int, num_fast: int, table: np.ndarray,
+    w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, threshold: np.ndarray,
+    x: np.ndarray,
+) -> np.float32:  # fmt: skip
+    """Example `offset` of a period: writes its fast bits into x (after the slow bits, which the
+    caller has written) and returns its target, from the period's `table` (`target_table`) when
+    there are at most TABLE_BITS fast bits, else computed. The stream and the regression kernel
+    both serve examples through it."""
+    num_slow = x.shape[0] - num_fast
+    index = example_index(fast_base, offset, num_fast)
+    for b in range(num_fast):
+        x[num_slow + b] = np.float32((index >> np.uint64(b)) & np.uint64(1))
+    if num_fast <= TABLE_BITS:
+        return table[index]
+    return _direct_target(w1, b1, w2, b2, threshold, x)
+
+
 @numba.njit(cache=True)
 def _fill_period(
     key: np.uint64, period: int, first: int, count: int, pattern: np.ndarray,
@@ -159,15 +179,9 @@ def _fill_period(
     if num_fast <= TABLE_BITS:
         target_table(w1, b1, w2, b2, threshold, pattern, num_fast, table)
     for t in range(count):
-        index = example_index(fast_base, first + t, num_fast)
         for j in range(num_slow):
             x[t, j] = pattern[j]
-        for b in range(num_fast):
-            x[t, num_slow + b] = np.float32((index >> np.uint64(b)) & np.uint64(1))
-        if num_fast <= TABLE_BITS:
-            y[t] = table[index]
-        else:
-            y[t] = _direct_target(w1, b1, w2, b2, threshold, x[t])
+        y[t] = example_target(fast_base, first + t, num_fast, table, w1, b1, w2, b2, threshold, x[t])
 
 
 @numba.njit(cache=True)

@@ -78,9 +78,7 @@ class CompiledRegression:
         first = streams[0].position
         if any(s.position != first for s in streams):
             raise RuntimeError("the seeds' streams are at different positions")
-        patterns = np.stack([s.pattern for s in streams]) if streams[0].pattern.size else None
-        if patterns is None:
-            patterns = np.zeros((len(streams), 0), dtype=np.float32)
+        patterns = np.stack([s.pattern for s in streams])  # (S, slow bits); (S, 0) without slow bits
         periods = np.array([s.pattern_period for s in streams], dtype=np.int64)
         stream = (
             self.stream_keys,

@@ -26,14 +26,7 @@ import numpy as np
 
 from lop_ray.algos.cbp_statistics_kernel import seed_unit_statistics
 from lop_ray.algos.counter_rng import compiled_normals, counter_base, counter_uniform
-from lop_ray.data.regression import (
-    FAST_BITS,
-    TABLE_BITS,
-    _direct_target,
-    advance_pattern,
-    example_index,
-    target_table,
-)
+from lop_ray.data.regression import FAST_BITS, TABLE_BITS, advance_pattern, example_target, target_table
 from lop_ray.nets.one_example_kernel import _activate, _derivative
 
 SGD, ADAM, ADAMW = 0, 1, 2  # optimizer codes
@@ -178,7 +171,7 @@ def advance_seeds(
     x = np.empty(inputs, dtype=np.float32)
     pre = np.empty(max(hidden, 1), dtype=np.float32)
     back = np.empty(max(hidden, 1), dtype=np.float32)
-    table = np.empty(1 << num_fast if num_fast <= TABLE_BITS else 0, dtype=np.float32)
+    table = np.empty(1 << num_fast if num_fast <= TABLE_BITS else 0, dtype=np.float32)  # a period's targets
     # CBP's per-step scratch, seed-indexed as `seed_unit_statistics` reads it
     h = np.zeros((seeds, 1, max(hidden, 1)), dtype=np.float32)
     random_utility = np.zeros((seeds, max(hidden, 1)), dtype=np.float32)
@@ -210,6 +203,9 @@ def advance_seeds(
 
     for s in range(seeds):
         key = np.uint64(keys[s])
+        # the seed's target network, viewed once: a view made per example costs more than the example
+        target_w1, target_b1, target_w2, target_b2 = tw1[s], tb1[s], tw2[s], tb2[s]
+        target_threshold, pattern = threshold[s], patterns[s]
         period = -1
         fast_base = np.uint64(0)
         for t in range(progress[s], count):
@@ -219,19 +215,18 @@ def advance_seeds(
             p = position // flip_after
             if p != period:  # a new period (or this call's first): its slow bits and targets
                 period = p
-                pattern_periods[s] = advance_pattern(key, patterns[s], pattern_periods[s], p, flip_one)
+                pattern_periods[s] = advance_pattern(key, pattern, pattern_periods[s], p, flip_one)
                 fast_base = counter_base(key, np.uint64(p), np.uint64(FAST_BITS))
                 if num_fast <= TABLE_BITS:
-                    target_table(tw1[s], tb1[s], tw2[s], tb2[s], threshold[s], patterns[s], num_fast, table)
+                    target_table(
+                        target_w1, target_b1, target_w2, target_b2, target_threshold, pattern, num_fast, table
+                    )
                 for j in range(num_slow):
-                    x[j] = patterns[s, j]
-            index = example_index(fast_base, position % flip_after, num_fast)
-            for b in range(num_fast):
-                x[num_slow + b] = np.float32((index >> np.uint64(b)) & np.uint64(1))
-            if num_fast <= TABLE_BITS:
-                target = table[index]
-            else:
-                target = _direct_target(tw1[s], tb1[s], tw2[s], tb2[s], threshold[s], x)
+                    x[j] = pattern[j]
+            target = example_target(
+                fast_base, position % flip_after, num_fast, table,
+                target_w1, target_b1, target_w2, target_b2, target_threshold, x,
+            )  # fmt: skip
 
             # forward, in `one_example_kernel`'s order of sums. The inputs are bits: w·1 is w, and a
             # w·0 term adds ±0 to a sum that started at +0, which changes nothing, so only the inputs
