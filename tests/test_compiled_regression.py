@@ -181,3 +181,41 @@ def test_what_the_kernel_does_not_have_runs_on_pytorch():
     assert "EMA" in reason(learner=cumulative)
     # applicable, but asked to stay on PyTorch
     assert RegressionExperiment(RegressionConfig(compiled=False), [0]).compiled is None
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adams_one_step_count_path_equals_its_per_element_path(optimizer):
+    """Adam without unit resets keeps one step count per seed (`_adam_block_one_count`, with the
+    bias corrections' divisions left out once both are exactly 1); CBP with ρ = 0 never replaces a
+    unit but keeps the per-element counts. The two are bit-identical, early on and across the count
+    from which the corrections are 1."""
+    from lop_ray.experiments.regression_kernel import correction_tables
+
+    saturated = len(correction_tables(0.9, 0.999)[0]) - 1
+    plain = LearnerSettings(optimizer=optimizer, step_size=1e-3, weight_decay=1e-3)
+    never_replacing = dataclasses.replace(_cbp(optimizer, replacement_rate=0.0), weight_decay=1e-3)
+    for preset in (None, saturated - 150):
+        one_count, per_element = (
+            RegressionExperiment(RegressionConfig(examples_per_step=200, learner=learner), SEEDS)
+            for learner in (plain, never_replacing)
+        )
+        assert one_count.compiled is not None and per_element.compiled is not None
+        for experiment in (one_count, per_element):
+            experiment.run_step()
+            if preset is not None:
+                for state in experiment.learner.optimizer.state.values():
+                    state["step"].fill_(preset)
+            experiment.run_step()
+            experiment.run_step()
+        assert all(seed["replaced_units"] == 0 for seed in per_element.run_step())
+        one_count.run_step()
+        for p, q in zip(one_count.net.parameters(), per_element.net.parameters(), strict=True):
+            assert torch.equal(p, q)
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                mine, theirs = (
+                    one_count.learner.optimizer.state[p][key],
+                    per_element.learner.optimizer.state[q][key],
+                )
+                assert torch.equal(mine, theirs), key
+        if preset is not None:
+            assert one_count.learner.optimizer.state[p]["step"].min() > saturated

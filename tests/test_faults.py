@@ -207,7 +207,10 @@ def test_status_of_an_errored_sweep_and_its_resume(tmp_path, ray_tmp, capsys):
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     print(f"\nresume of the errored trial: {time.monotonic() - started:.1f} s", file=sys.stderr)
-    assert_runs_match_reference(embedded_tracking_uri(results), sweep)
+    try:
+        assert_runs_match_reference(embedded_tracking_uri(results), sweep)
+    except AssertionError as error:  # what the resume printed says which actor did what
+        raise AssertionError(f"{error}\nresume printed:\n{resumed.stdout}{resumed.stderr}") from error
     assert [s.state for s in sweep_status(str(results))[0]] == ["FINISHED", "FINISHED"]
 
 

@@ -96,6 +96,52 @@ def _adam_block(
         p[s, e] = value[e] - lr * ((first[s, e] / correction1[e]) / denominator)
 
 
+@numba.njit(cache=True, inline="always")
+def _adam_block_one_count(
+    p: np.ndarray, s: int, g: np.ndarray, first: np.ndarray, second: np.ndarray, initial: np.ndarray,
+    count: int, lr: np.float32, coupled_decay: np.float32, keep_weight: np.float32, l2_init2: np.float32,
+    one_minus_beta1: np.float32, beta2: np.float32, one_minus_beta2: np.float32, eps: np.float32,
+    correction1: np.float32, correction2: np.float32, scratch: np.ndarray,
+) -> None:  # fmt: skip
+    """`_adam_block` where every element of the seed has the same step count, so one pair of bias
+    corrections serves them all (no table lookups, no count updates: the caller keeps the count).
+    Once both corrections are exactly 1 (after ~17,000 steps at β2 = 0.999) their divisions are
+    left out: x / 1 is x in IEEE arithmetic, so the values are those of `_adam_block`."""
+    value, grad = scratch[0], scratch[1]
+    for e in range(count):
+        value[e] = p[s, e] * keep_weight
+    for e in range(count):
+        grad[e] = g[e] + coupled_decay * value[e] + l2_init2 * (value[e] - initial[s, e])
+    for e in range(count):  # lerp with weight 1 − β1 < 0.5
+        first[s, e] = first[s, e] + one_minus_beta1 * (grad[e] - first[s, e])
+    for e in range(count):
+        second[s, e] = second[s, e] * beta2 + one_minus_beta2 * grad[e] * grad[e]
+    if correction1 == _ONE and correction2 == _ONE:
+        for e in range(count):
+            denominator = np.float32(np.sqrt(second[s, e])) + eps
+            p[s, e] = value[e] - lr * (first[s, e] / denominator)
+    else:
+        for e in range(count):
+            denominator = np.float32(np.sqrt(second[s, e])) / correction2 + eps
+            p[s, e] = value[e] - lr * ((first[s, e] / correction1) / denominator)
+
+
+@numba.njit(cache=True, inline="always")
+def _one_step_count(s: int, counts: tuple, sizes: tuple, steps_ahead: int) -> float:
+    """The step count every element of seed s shares (Adam without unit resets: all of them), or
+    −1 when they differ or would pass 2²⁴ within `steps_ahead` steps (float32 counts stop being
+    exact integers there)."""
+    shared = counts[0][s, 0]
+    for parameter in range(4):
+        row = counts[parameter]
+        for e in range(sizes[parameter]):
+            if row[s, e] != shared:
+                return -1.0
+    if np.float64(shared) + steps_ahead >= 16_777_216.0:
+        return -1.0
+    return np.float64(shared)
+
+
 @numba.njit(cache=True)
 def correction_tables(beta1: float, beta2: float) -> tuple[np.ndarray, np.ndarray]:
     """Adam's 1 − β1^step and √(1 − β2^step) (as `optim._bias_correction`, in float32) for every
@@ -201,7 +247,14 @@ def advance_seeds(
     # plain SGD: an input of 0 has a gradient of 0 and leaves its weights as they are
     plain_sgd = code == SGD and momentum == _ZERO and weight_decay == _ZERO and l2_init2 == _ZERO
 
+    step_counts = (sa_wh_f, sa_bh, sa_wo_f, sa_bo)
+    parameter_sizes = (hidden * inputs, hidden, fan, 1)
     for s in range(seeds):
+        # without unit resets Adam's counts move together: one count per seed, kept in `shared_count`
+        shared_count = -1.0
+        if code != SGD and not cbp_on:
+            shared_count = _one_step_count(s, step_counts, parameter_sizes, count - progress[s])
+        first_example = progress[s]
         key = np.uint64(keys[s])
         # the seed's target network, viewed once: a view made per example costs more than the example
         target_w1, target_b1, target_w2, target_b2 = tw1[s], tb1[s], tw2[s], tb2[s]
@@ -290,6 +343,26 @@ def advance_seeds(
                         wo_f, s, grad_wo, sa_wo_f, i_wo_f, fan, lr, momentum, weight_decay, l2_init2, scratch
                     )
                     _sgd_block(bo, s, grad_bo, sa_bo, i_bo, 1, lr, momentum, weight_decay, l2_init2, scratch)
+                elif shared_count >= 0.0:
+                    shared_count += 1.0
+                    index = min(int(shared_count), corrections1.shape[0] - 1)
+                    c1, c2 = corrections1[index], corrections2[index]
+                    _adam_block_one_count(
+                        wh_f, s, grad_wh, sb_wh_f, sc_wh_f, i_wh_f, hidden * inputs, lr, coupled_decay,
+                        decoupled_keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, scratch,
+                    )  # fmt: skip
+                    _adam_block_one_count(
+                        bh, s, back, sb_bh, sc_bh, i_bh, hidden, lr, coupled_decay,
+                        decoupled_keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, scratch,
+                    )  # fmt: skip
+                    _adam_block_one_count(
+                        wo_f, s, grad_wo, sb_wo_f, sc_wo_f, i_wo_f, fan, lr, coupled_decay,
+                        decoupled_keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, scratch,
+                    )  # fmt: skip
+                    _adam_block_one_count(
+                        bo, s, grad_bo, sb_bo, sc_bo, i_bo, 1, lr, coupled_decay,
+                        decoupled_keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, scratch,
+                    )  # fmt: skip
                 else:
                     _adam_block(
                         wh_f, s, grad_wh, sa_wh_f, sb_wh_f, sc_wh_f, i_wh_f, hidden * inputs, lr, coupled_decay,
@@ -349,6 +422,11 @@ def advance_seeds(
                     wo_f[s, k] += perturb_scale * noise[weights + hidden + k]
                 bo[s, 0] += perturb_scale * noise[weights + hidden + fan]
             progress[s] = t + 1
+        if shared_count >= 0.0 and progress[s] > first_example:  # the counts the loop kept as one
+            for parameter in range(4):
+                row = step_counts[parameter]
+                for e in range(parameter_sizes[parameter]):
+                    row[s, e] = np.float32(shared_count)
 
 
 @numba.njit(cache=True, inline="always")

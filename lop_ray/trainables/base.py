@@ -28,7 +28,7 @@ import ray
 import torch
 from ray import tune
 
-from lop_ray.tracking import TrialTracker, quiet_mlflow_environment
+from lop_ray.tracking import TrialRuns, quiet_mlflow_environment
 from lop_ray.trial_checkpoints import CHECKPOINT_FILE, write_manifest
 
 CHECKPOINT_FORMAT = 3  # 3: every learner with a seed axis (issue 14)
@@ -72,19 +72,16 @@ class LopTrainable(tune.Trainable):
         gc.freeze()
         self.num_steps = int(self.trial_configs[0]["num_steps"])
         self._run_ids: list[str | None] = [None] * len(self.trial_configs)
-        self._trackers: list[TrialTracker] | None = None
+        self._runs: TrialRuns | None = None
         self.last_step_result: dict[str, Any] = {}
 
     @property
-    def trackers(self) -> list[TrialTracker]:
+    def runs(self) -> TrialRuns:
         # created on first use: a restored trial gets its run ids from load_checkpoint, after setup
-        if self._trackers is None:
-            self._trackers = [
-                TrialTracker(self.tracking, trial, run_id)
-                for trial, run_id in zip(self.trial_configs, self._run_ids, strict=True)
-            ]
-            self._run_ids = [tracker.run_id for tracker in self._trackers]
-        return self._trackers
+        if self._runs is None:
+            self._runs = TrialRuns(self.tracking, self.trial_configs, self._run_ids)
+            self._run_ids = self._runs.run_ids
+        return self._runs
 
     def step(self) -> dict[str, Any]:
         if self.experiment.steps_done >= self.num_steps:
@@ -94,16 +91,17 @@ class LopTrainable(tune.Trainable):
         per_trial = results if isinstance(results, list) else [results]
         step_index = self.experiment.steps_done - 1
         done = self.experiment.steps_done >= self.num_steps
-        for tracker, metrics in zip(self.trackers, per_trial, strict=True):
-            tracker.log_step(step_index, metrics)
-            if done:
-                tracker.finish("FINISHED")
+        self.runs.log_step(step_index, per_trial)
+        if done:
+            self.runs.finish()
         # Tune's own record: the metrics themselves for one seed, their mean over the seeds otherwise
         summary = {key: sum(m[key] for m in per_trial) / len(per_trial) for key in per_trial[0]}
         self.last_step_result = {**summary, "step_index": step_index, "seeds": len(per_trial)}
         return {**self.last_step_result, "done": done}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        if self._runs is not None:
+            self._runs.flush()  # a checkpoint covers no step that MLflow lacks (lop_ray/tracking.py)
         state = {
             "format": CHECKPOINT_FORMAT,
             "experiment": self.experiment.state_dict(),
@@ -112,7 +110,8 @@ class LopTrainable(tune.Trainable):
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
             },
-            "mlflow_run_ids": [tracker.run_id for tracker in self.trackers],
+            # a trial restored from its final checkpoint and saved again has not touched its runs
+            "mlflow_run_ids": self._run_ids if None not in self._run_ids else self.runs.run_ids,
             "last_result": self.last_step_result,
         }
         path = Path(checkpoint_dir) / CHECKPOINT_FILE
@@ -131,13 +130,11 @@ class LopTrainable(tune.Trainable):
         np.random.set_state(state["global_rng"]["numpy"])
         random.setstate(state["global_rng"]["python"])
         self._run_ids = list(state["mlflow_run_ids"])
-        self._trackers = None
+        self._runs = None
         self.last_step_result = state.get("last_result", {})
         # the checkpoint may be newer than the driver's record of it (lop_ray/trial_checkpoints.py)
         self._iteration = self.experiment.steps_done
 
     def cleanup(self) -> None:
-        if self._trackers is not None and self.experiment.steps_done < self.num_steps:
-            # stopped early (paused, errored, sweep interrupted): the runs stay resumable
-            for tracker in self._trackers:
-                tracker.client.set_terminated(tracker.run_id, status="KILLED")
+        if self._runs is not None and self.experiment.steps_done < self.num_steps:
+            self._runs.stop_early(self.num_steps)
