@@ -39,6 +39,7 @@ from lop_ray.tracking import (
 )
 from lop_ray.trainables.shared_data import release_shared_datasets
 from lop_ray.trial_checkpoints import ReconcileCheckpoints
+from lop_ray.tune_decisions import forget_decisions_when_an_actor_starts
 
 # Checkpointing after every task is what makes any trial resumable; Tune warns about it by default.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -175,6 +176,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
     )
     _connect_ray(quiet)
     os.environ[QUIET_ENV] = "1" if quiet else "0"
+    forget_decisions_when_an_actor_starts()  # a retried trial must not inherit a dead actor's STOP
     grid = tuner.fit()
     return _finish(sweep, results_dir, tracking, grid, quiet)
 
@@ -200,6 +202,7 @@ def resume_sweep(results_dir: str | Path, quiet: bool = False) -> SweepOutcome:
         resume_errored=True,
         storage_filesystem=fs if remote else None,
     )
+    forget_decisions_when_an_actor_starts()  # the experiment state may hold a dead actor's STOP
     grid = tuner.fit()
     return _finish(sweep, results_dir, tracking, grid, quiet)
 

@@ -219,3 +219,26 @@ def test_adams_one_step_count_path_equals_its_per_element_path(optimizer):
                 assert torch.equal(mine, theirs), key
         if preset is not None:
             assert one_count.learner.optimizer.state[p]["step"].min() > saturated
+
+
+def test_the_linear_learners_adam_follows_pytorch_across_the_count_where_corrections_reach_1():
+    """The linear learner (no hidden layer, so no CBP stand-in for the per-element path) against the
+    PyTorch learner, early and from just before its bias corrections become exactly 1: the same
+    errors and weights to rounding, and the same step counts exactly."""
+    from lop_ray.experiments.regression_kernel import correction_tables
+
+    saturated = len(correction_tables(0.9, 0.999)[0]) - 1
+    learner = LearnerSettings(optimizer="adam", step_size=1e-3)
+    for preset in (None, saturated - 150):
+        compiled, pytorch = _pair(RegressionConfig(examples_per_step=200, hidden_units=0, learner=learner))
+        for experiment in (compiled, pytorch):
+            experiment.run_step()
+            if preset is not None:
+                for state in experiment.learner.optimizer.state.values():
+                    state["step"].fill_(preset)
+        _assert_close_runs(compiled, pytorch, 2)
+        for p, q in zip(compiled.net.parameters(), pytorch.net.parameters(), strict=True):
+            steps = compiled.learner.optimizer.state[p]["step"]
+            assert torch.equal(steps, pytorch.learner.optimizer.state[q]["step"])
+        if preset is not None:
+            assert steps.min() > saturated

@@ -178,3 +178,23 @@ def _manifest_steps(manifest: Path) -> int:
 
 def _logged_steps(result_file: Path) -> list[int]:
     return [json.loads(line)["step_index"] for line in result_file.read_text().splitlines() if line.strip()]
+
+
+def test_a_stop_decision_left_by_an_actor_that_died_saving_does_not_end_the_resumed_trial(tmp_path, ray_tmp):
+    """An actor killed while saving leaves Tune a cached STOP decision under its trial's id, and the
+    experiment state keeps it: restored with it, the resumed trial ran one step, saved, and stopped
+    short of its end without an error (lop_ray/tune_decisions.py). Planted here for every unfinished
+    trial, as a kill during a save leaves it; each must still run to its last step."""
+    sweep, results, env = _kill_sweep_after_checkpoints(tmp_path, state_period_s="1", checkpoints_per_trial=3)
+    state_path = max(results.glob("experiment_state-*.json"))
+    state = json.loads(state_path.read_text())
+    unfinished = [
+        json.loads(trial)["trial_id"]
+        for trial, _ in state["trial_data"]
+        if json.loads(trial)["status"] != "TERMINATED"
+    ]
+    assert unfinished
+    state["runner_data"]["_cached_trial_decisions"] = dict.fromkeys(unfinished, "STOP")
+    state_path.write_text(json.dumps(state))
+    _resume(results, env)
+    assert_runs_match_reference(embedded_tracking_uri(results), sweep)

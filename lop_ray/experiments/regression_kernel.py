@@ -131,7 +131,7 @@ def _one_step_count(s: int, counts: tuple, sizes: tuple, steps_ahead: int) -> fl
     """The step count every element of seed s shares (Adam without unit resets: all of them), or
     −1 when they differ or would pass 2²⁴ within `steps_ahead` steps (float32 counts stop being
     exact integers there)."""
-    shared = counts[0][s, 0]
+    shared = counts[3][s, 0]  # the output bias: every network has one (a linear learner no hidden weights)
     for parameter in range(4):
         row = counts[parameter]
         for e in range(sizes[parameter]):
