@@ -152,8 +152,7 @@ class TrialTracker:
             run = self.client.get_run(run_id)
             if not run.data.params:  # the trial died between creating its run and logging params
                 _log_params(self.client, run_id, flatten(trial))
-            latest = run.data.metrics.get(STEP_METRIC)  # the latest value is the highest step's
-            self.last_step = -1 if latest is None else int(latest)
+            self.last_step = _last_step_held(run)
             if run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
@@ -187,10 +186,7 @@ class TrialTracker:
         """Log one step's metrics, unless this run already holds that step (after a resume)."""
         if step <= self.last_step:
             return
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        batch.append(Metric(STEP_METRIC, float(step), now, step))
-        self.client.log_batch(self.run_id, metrics=batch)
+        self.client.log_batch(self.run_id, metrics=_step_metrics(step, metrics, int(time.time() * 1000)))
         self.last_step = step
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -198,8 +194,7 @@ class TrialTracker:
 
     def steps_held(self) -> int:
         """How many steps the store holds for this run now (another process may have logged since)."""
-        latest = self.client.get_run(self.run_id).data.metrics.get(STEP_METRIC)
-        return 0 if latest is None else int(latest) + 1
+        return _last_step_held(self.client.get_run(self.run_id)) + 1
 
 
 class TrialRuns:
@@ -253,9 +248,7 @@ class TrialRuns:
         for step, per_seed in self._buffer:
             for index, (tracker, metrics) in enumerate(zip(self.trackers, per_seed, strict=True)):
                 if step > tracker.last_step:
-                    batch = by_run.setdefault(index, [])
-                    batch += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-                    batch.append(Metric(STEP_METRIC, float(step), now, step))
+                    by_run.setdefault(index, []).extend(_step_metrics(step, metrics, now))
         if by_run:
             if self._sqlite is not None:
                 self._sqlite.write({self.trackers[i].run_id: batch for i, batch in by_run.items()})
@@ -287,6 +280,20 @@ class TrialRuns:
             return
         for run_id in run_ids:
             self.client.set_terminated(run_id, status=status)
+
+
+def _step_metrics(step: int, metrics: Mapping[str, float], now: int) -> list[Metric]:
+    """One step of one run as MLflow metrics, ending with its STEP_METRIC (see the module docstring)."""
+    return [
+        *(Metric(k, float(v), now, step) for k, v in metrics.items()),
+        Metric(STEP_METRIC, float(step), now, step),
+    ]
+
+
+def _last_step_held(run) -> int:
+    """The highest step a run holds, −1 for none: its STEP_METRIC's latest value is that step."""
+    latest = run.data.metrics.get(STEP_METRIC)
+    return -1 if latest is None else int(latest)
 
 
 def _log_whole_steps(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:

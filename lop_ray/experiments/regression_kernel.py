@@ -66,6 +66,25 @@ def _sgd_block(
 
 
 @numba.njit(cache=True, inline="always")
+def _adam_moments(
+    p: np.ndarray, s: int, g: np.ndarray, first: np.ndarray, second: np.ndarray, initial: np.ndarray,
+    count: int, coupled_decay: np.float32, keep_weight: np.float32, l2_init2: np.float32,
+    one_minus_beta1: np.float32, beta2: np.float32, one_minus_beta2: np.float32, scratch: np.ndarray,
+) -> None:  # fmt: skip
+    """Adam's first half for both blocks: the decayed weights into scratch[0], the regularised
+    gradient into scratch[1], and the moments updated in place (one array written per loop)."""
+    value, grad = scratch[0], scratch[1]
+    for e in range(count):
+        value[e] = p[s, e] * keep_weight
+    for e in range(count):
+        grad[e] = g[e] + coupled_decay * value[e] + l2_init2 * (value[e] - initial[s, e])
+    for e in range(count):  # lerp with weight 1 − β1 < 0.5
+        first[s, e] = first[s, e] + one_minus_beta1 * (grad[e] - first[s, e])
+    for e in range(count):
+        second[s, e] = second[s, e] * beta2 + one_minus_beta2 * grad[e] * grad[e]
+
+
+@numba.njit(cache=True, inline="always")
 def _adam_block(
     p: np.ndarray, s: int, g: np.ndarray, steps: np.ndarray, first: np.ndarray, second: np.ndarray,
     initial: np.ndarray, count: int, lr: np.float32, coupled_decay: np.float32, keep_weight: np.float32,
@@ -76,21 +95,17 @@ def _adam_block(
     counts; the bias corrections are looked up by step count (`correction_tables`). One array
     written per loop, as in `_sgd_block`."""
     last = corrections1.shape[0] - 1
-    value, grad, correction1, correction2 = scratch[0], scratch[1], scratch[2], scratch[3]
-    for e in range(count):
-        value[e] = p[s, e] * keep_weight
-    for e in range(count):
-        grad[e] = g[e] + coupled_decay * value[e] + l2_init2 * (value[e] - initial[s, e])
+    value, correction1, correction2 = scratch[0], scratch[2], scratch[3]
+    _adam_moments(
+        p, s, g, first, second, initial, count, coupled_decay, keep_weight, l2_init2, one_minus_beta1,
+        beta2, one_minus_beta2, scratch,
+    )  # fmt: skip
     for e in range(count):
         steps[s, e] = steps[s, e] + _ONE
     for e in range(count):
         index = min(int(steps[s, e]), last)
         correction1[e] = corrections1[index]
         correction2[e] = corrections2[index]
-    for e in range(count):  # lerp with weight 1 − β1 < 0.5
-        first[s, e] = first[s, e] + one_minus_beta1 * (grad[e] - first[s, e])
-    for e in range(count):
-        second[s, e] = second[s, e] * beta2 + one_minus_beta2 * grad[e] * grad[e]
     for e in range(count):
         denominator = np.float32(np.sqrt(second[s, e])) / correction2[e] + eps
         p[s, e] = value[e] - lr * ((first[s, e] / correction1[e]) / denominator)
@@ -107,15 +122,11 @@ def _adam_block_one_count(
     corrections serves them all (no table lookups, no count updates: the caller keeps the count).
     Once both corrections are exactly 1 (after ~17,000 steps at β2 = 0.999) their divisions are
     left out: x / 1 is x in IEEE arithmetic, so the values are those of `_adam_block`."""
-    value, grad = scratch[0], scratch[1]
-    for e in range(count):
-        value[e] = p[s, e] * keep_weight
-    for e in range(count):
-        grad[e] = g[e] + coupled_decay * value[e] + l2_init2 * (value[e] - initial[s, e])
-    for e in range(count):  # lerp with weight 1 − β1 < 0.5
-        first[s, e] = first[s, e] + one_minus_beta1 * (grad[e] - first[s, e])
-    for e in range(count):
-        second[s, e] = second[s, e] * beta2 + one_minus_beta2 * grad[e] * grad[e]
+    value = scratch[0]
+    _adam_moments(
+        p, s, g, first, second, initial, count, coupled_decay, keep_weight, l2_init2, one_minus_beta1,
+        beta2, one_minus_beta2, scratch,
+    )  # fmt: skip
     if correction1 == _ONE and correction2 == _ONE:
         for e in range(count):
             denominator = np.float32(np.sqrt(second[s, e])) + eps
