@@ -382,6 +382,15 @@ class _Validator:
                             f" (allowed: 0 for all of them, or 1 to {count()})",
                         )
                         return
+                    head = getattr(hyper, "head_layers", None)
+                    injectable = getattr(net, "injectable_layer_count", None)
+                    if isinstance(head, int) and injectable is not None and head > injectable():
+                        self.error(
+                            ("algorithms", i, "head_layers"),
+                            f"head_layers = {head}, but this network's plain linear head has"
+                            f" {injectable()} layer(s) (allowed: 1 to {injectable()})",
+                        )
+                        return
                     if getattr(hyper, "parseval_strength", None) and count is not None and count() < 2:
                         self.error(
                             ("algorithms", i, "algorithm"),

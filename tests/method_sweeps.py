@@ -25,3 +25,24 @@ def regression_sweep(
     path = tmp_path / f"{algorithm}.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return load_sweep(path)
+
+
+def permuted_mnist_sweep(tmp_path: Path, name: str, entry: dict, network: dict | None = None) -> str:
+    """A two-seed permuted-MNIST sweep file of one algorithm entry (the digits set: nothing to
+    prepare), written to `tmp_path/NAME.yaml`; returns its path."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "problem": {"name": "permuted_mnist", "dataset": "digits"},
+                "network": network or {"hidden_units": 10, "hidden_layers": 2},
+                "seeds": [0, 1],
+                "seeds_per_trial": 2,
+                "num_tasks": 1,
+                "algorithms": [entry],
+                "storage": str(tmp_path / "results"),
+            }
+        )
+    )
+    return str(path)

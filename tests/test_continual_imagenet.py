@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from lop_ray.algos import CBPConfig, ContinualBackprop
 from lop_ray.algos.backprop import per_seed_cross_entropy
+from lop_ray.algos.injection import InjectionConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import SGD
 from lop_ray.algos.parseval import ParsevalConfig
@@ -479,6 +480,10 @@ LEARNERS = {  # id: (network, learner settings)
     ),
     "parseval": ("conv_net", {"algorithm": "parseval", "method": ParsevalConfig(parseval_strength=0.01)}),
     "snr": ("conv_net", {"algorithm": "snr", "method": SNRConfig(init="default")}),  # the net's own init
+    "injection": (
+        "conv_net",
+        {"algorithm": "plasticity_injection", "method": InjectionConfig(injection_period=3, head_layers=3)},
+    ),
     "upgd": ("conv_net", {"algorithm": "upgd", "optimizer": "upgd", "upgd": UPGDConfig(sigma=0.01)}),
 }
 

@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from lop_ray.algos import CBPConfig, ContinualBackprop
+from lop_ray.algos.injection import InjectionConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import make_optimizer
 from lop_ray.algos.parseval import ParsevalConfig
@@ -451,6 +452,7 @@ def _tiny(algorithm: str = "bp", fidelity: str = "original", **overrides) -> Inc
             "layer_reset": LayerResetConfig(reset_period=5, layers=3),
             "parseval": ParsevalConfig(parseval_strength=0.01),
             "snr": SNRConfig(rejection_percentile=0.9, init="kaiming"),
+            "plasticity_injection": InjectionConfig(injection_period=3),
         }.get(algorithm),
     )
     settings = dict(
@@ -549,6 +551,7 @@ BATCHED += [
     ("parseval", "corrected"),
     ("upgd", "corrected"),
     ("snr", "corrected"),
+    ("plasticity_injection", "corrected"),
 ]
 
 

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-import yaml
 
 from lop_ray.algos.layer_reset import LayerReset, LayerResetConfig
 from lop_ray.algos.optim import make_optimizer
@@ -18,6 +17,7 @@ from lop_ray.nets.losses import per_seed_mse
 from lop_ray.nets.mlp import MLP
 from lop_ray.nets.resnet import CifarResNet18
 from lop_ray.schema import SweepError, load_sweep
+from tests.method_sweeps import permuted_mnist_sweep
 
 
 def _constructor_draws_again(net, generators) -> None:
@@ -164,22 +164,7 @@ def test_a_checkpoint_of_another_configuration_is_refused():
 
 
 def _sweep(tmp_path, entry: dict) -> str:
-    path = tmp_path / "resets.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "resets",
-                "problem": {"name": "permuted_mnist", "dataset": "digits"},
-                "network": {"hidden_units": 10, "hidden_layers": 2},
-                "seeds": [0, 1],
-                "seeds_per_trial": 2,
-                "num_tasks": 1,
-                "algorithms": [entry],
-                "storage": str(tmp_path / "results"),
-            }
-        )
-    )
-    return str(path)
+    return permuted_mnist_sweep(tmp_path, "resets", entry)
 
 
 def test_the_sweep_schema_offers_layer_resets_and_names_bad_values(tmp_path):

@@ -19,7 +19,19 @@ from tests.mnist_files import write_mnist
 
 METHODS = Path(__file__).resolve().parents[1] / "sweeps" / "methods"
 PLASTICITY = {"gradient_norm", "distance_from_init", "active_fraction", "feature_churn"}
-EVERY_METHOD = {"bp", "l2", "l2_init", "snp", "cbp", "redo", "layer_reset", "parseval", "upgd", "snr"}
+EVERY_METHOD = {
+    "bp",
+    "l2",
+    "l2_init",
+    "snp",
+    "cbp",
+    "redo",
+    "layer_reset",
+    "parseval",
+    "upgd",
+    "snr",
+    "plasticity_injection",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +46,18 @@ def submit_directory(tmp_path_factory):
 
 def _one_trial_per_algorithm(path: Path, root: Path, monkeypatch) -> dict[str, dict]:
     monkeypatch.chdir(root)
+    return _first_trials(path)
+
+
+def _first_trials(path: Path) -> dict[str, dict]:
+    """Each label's first trial; a method that acts once half-way through the run (plasticity
+    injection) acts after two steps instead, so that the shrunk run goes through it."""
     trials = {}
     for trial in load_sweep(path).trials:
         trials.setdefault(trial["label"], copy.deepcopy(trial))
+    for trial in trials.values():
+        if "injection_period" in trial["hyperparameters"]:
+            trial["hyperparameters"]["injection_period"] = 2
     return trials
 
 
@@ -104,10 +125,18 @@ def test_every_method_of_the_rl_file_runs():
     iteration of 1 epoch in this process."""
     from lop_ray.experiments import ppo
 
-    trials = {}
-    for trial in load_sweep(METHODS / "rl_ant.yaml").trials:
-        trials.setdefault(trial["label"], copy.deepcopy(trial))
-    assert set(trials) == {"ns", "l2", "l2_init", "cbp", "redo", "layer_reset", "parseval", "snr"}
+    trials = _first_trials(METHODS / "rl_ant.yaml")
+    assert set(trials) == {
+        "ns",
+        "l2",
+        "l2_init",
+        "cbp",
+        "redo",
+        "layer_reset",
+        "parseval",
+        "snr",
+        "plasticity_injection",
+    }
     torch.set_num_threads(1)
     for name, trial in trials.items():
         trial["problem_settings"].update(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lop_ray.algos.cbp import CBPConfig
+from lop_ray.algos.injection import InjectionConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.algos.ppo import PPOConfig
@@ -68,6 +69,8 @@ CONFIGS = {
     "full-reset": _tiny(method=LayerResetConfig(reset_period=5, layers=0, reset_optimizer_state=True)),
     "parseval-l2-init": _tiny(method=ParsevalConfig(parseval_strength=1e-3), l2_init=0.1),
     "snr": _tiny(method=SNRConfig(rejection_percentile=0.5)),
+    # the runners act with the frozen heads too: a two-layer head, injected several times a step
+    "plasticity-injection": _tiny(method=InjectionConfig(injection_period=7, head_layers=2)),
 }
 
 
@@ -102,6 +105,8 @@ def test_each_seed_of_a_batch_gets_what_it_gets_alone(name):
         or isinstance(config.method, LayerResetConfig)
     ):
         assert all(metrics["replaced_units"] > 0 for metrics in batched[1])  # the interventions ran
+    if isinstance(config.method, InjectionConfig):  # injected on both nets, the runners acting with it
+        assert together.policy.head_correction is not None and together.value.head_correction is not None
     if config.env == "SlipperyAnt-v5":  # each seed follows its own friction row
         assert len({metrics["friction"] for metrics in batched[1]}) == len(seeds)
     assert not _same(batched[1][0], batched[1][1])  # and the seeds differ

@@ -59,7 +59,7 @@ def test_bad_rl_settings_are_rejected_naming_the_key(problem, key, message):
         (
             {"algorithm": "bp"},
             "algorithms[0].algorithm",
-            "allowed for rl: ['cbp', 'l2', 'l2_init', 'layer_reset', 'parseval', 'ppo', 'redo', 'snr']",
+            "allowed for rl: ['cbp', 'l2', 'l2_init', 'layer_reset', 'parseval', 'plasticity_injection', 'ppo', 'redo', 'snr']",
         ),
         (
             {"algorithm": "layer_reset", "layers": 4},

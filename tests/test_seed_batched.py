@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from lop_ray.algos import CBPConfig
 from lop_ray.algos.cbp import UTIL_TYPES, ContinualBackprop
 from lop_ray.algos.counter_rng import normal, random_bits, seed_keys, uniform
+from lop_ray.algos.injection import InjectionConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.algos.redo import ReDoConfig
@@ -56,6 +57,16 @@ LEARNERS = {
         algorithm="upgd", optimizer="upgd", step_size=0.01, upgd=UPGDConfig(beta_utility=0.9, sigma=0.1)
     ),
     "snr": LearnerSettings(algorithm="snr", step_size=0.01, method=SNRConfig(rejection_percentile=0.5)),
+    # the whole two-layer net as the head: a pair of frozen heads per injection
+    "plasticity_injection": LearnerSettings(
+        algorithm="plasticity_injection",
+        optimizer="adam",
+        step_size=0.01,
+        method=InjectionConfig(injection_period=50, head_layers=2),
+    ),
+    "plasticity_injection_output": LearnerSettings(
+        algorithm="plasticity_injection", step_size=0.01, method=InjectionConfig(injection_period=40)
+    ),
 }
 
 
@@ -245,7 +256,16 @@ def test_compiled_step_is_not_taken_where_it_does_not_apply():
 
 @pytest.mark.parametrize("compiled", PATHS, ids=["compiled", "pytorch"])
 @pytest.mark.parametrize(
-    "name", ["snp_sgd", "cbp_probabilistic", "cbp_random_accumulate", "redo_momentum", "upgd", "snr"]
+    "name",
+    [
+        "snp_sgd",
+        "cbp_probabilistic",
+        "cbp_random_accumulate",
+        "redo_momentum",
+        "upgd",
+        "snr",
+        "plasticity_injection",
+    ],
 )
 def test_resumed_batch_continues_bit_identically(name, compiled):
     config = _config(LEARNERS[name], compiled=compiled)

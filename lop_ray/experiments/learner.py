@@ -24,6 +24,7 @@ from lop_ray.algos import (
     make_optimizer,
 )
 from lop_ray.algos.counter_rng import seed_keys
+from lop_ray.algos.injection import InjectionConfig, PlasticityInjection
 from lop_ray.algos.layer_reset import LayerReset, LayerResetConfig
 from lop_ray.algos.parseval import ParsevalConfig, ParsevalRegularisation
 from lop_ray.algos.redo import ReDo, ReDoConfig
@@ -89,6 +90,13 @@ def _layer_reset(net, optimizer, config, seeds, device, keys, stream=0) -> Layer
     return LayerReset(net.weight_layers(), optimizer, config, generators)
 
 
+def _injection(net, optimizer, config, seeds, device, keys, stream=0) -> PlasticityInjection:
+    # CPU generators: a new head is drawn as the network's constructor drew it, on the CPU
+    key = (LEARNER, PlasticityInjection.stream)
+    generators = [generator(*_streams(seed, *key, stream=stream)) for seed in seeds]
+    return PlasticityInjection(net, optimizer, config, generators)
+
+
 def _snr(net, optimizer, config, seeds, device, keys, stream=0) -> SelfNormalizedResets:
     key = (LEARNER, SNR_STREAM)
     generators = [generator(*_streams(seed, *key, stream=stream), device=device) for seed in seeds]
@@ -108,6 +116,7 @@ METHODS: dict[str, Method] = {
     "layer_reset": Method(LayerResetConfig, _layer_reset),
     "parseval": Method(ParsevalConfig, _parseval),
     "snr": Method(SNRConfig, _snr),
+    "plasticity_injection": Method(InjectionConfig, _injection),
 }
 
 

@@ -118,9 +118,14 @@ class ConvNet(UnitNetwork):
         grouped = self.grouped if self.grouped is not None else x.device.type == "cuda"
         features = self._grouped_convs(x) if grouped else self._convs_seed_by_seed(x)
         # channel-major flatten per seed: channel c owns columns 4c … 4c+3 (a view of either layout)
-        h4 = F.relu(self.fc1(features[-1].reshape(self.seeds, x.shape[1], -1)))
+        flat = features[-1].reshape(self.seeds, x.shape[1], -1)
+        h4 = F.relu(self.fc1(flat))
         h5 = F.relu(self.fc2(h4))
-        return self.fc3(h5), [*features, h4, h5]
+        return self._with_head_correction(self.fc3(h5), [flat, h4, h5]), [*features, h4, h5]
+
+    def injectable_layers(self) -> int:
+        """fc1, fc2 and the output: the fully connected head behind the convolutions."""
+        return 3
 
     def _grouped_convs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """One call per layer on (batch, S·C, H, W); each feature seed-first as a view of it."""
@@ -192,7 +197,8 @@ class LinearNet(UnitNetwork):
         return [self.fc.views()[0]]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.fc(x.reshape(*x.shape[:2], -1)), []
+        flat = x.reshape(*x.shape[:2], -1)
+        return self._with_head_correction(self.fc(flat), [flat]), []
 
     def unit_groups(self) -> list[UnitGroup]:
         return []

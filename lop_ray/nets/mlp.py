@@ -212,7 +212,9 @@ class MLP(UnitNetwork):
         activations = []
         dropping = self.dropout and self.training
         step = int(self.dropout_steps) if dropping else 0  # one read per step, not per layer
+        layer_inputs = []
         for index, (weight, bias) in enumerate(zip(self.weights[:-1], self.biases[:-1], strict=True)):
+            layer_inputs.append(x)
             z = _linear(x, weight, bias)
             if self.norms is not None:
                 z = self.norms[index](z)
@@ -222,7 +224,15 @@ class MLP(UnitNetwork):
                 x = x * self._kept(index, x, step) / (1.0 - self.dropout)
         if dropping:
             self.dropout_steps += 1
-        return _linear(x, self.weights[-1], self.biases[-1]), activations
+        output = _linear(x, self.weights[-1], self.biases[-1])
+        return self._with_head_correction(output, [*layer_inputs, x]), activations
+
+    def injectable_layers(self) -> int:
+        """Every layer of a plain MLP; the output layer alone behind a norm, dropout or CReLU."""
+        return len(self.layers) if self.plain else 1
+
+    def head_activation(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self._activation_fn
 
     def _kept(self, layer: int, h: torch.Tensor, step: int) -> torch.Tensor:
         """Step `step`'s dropout mask of hidden layer `layer`, (S, batch, units)."""
@@ -286,7 +296,7 @@ class MLP(UnitNetwork):
     def _hand_backward_applies(self, loss_fn: Callable) -> bool:
         # online normalisation's backward pass is defined for training steps only (eval mode
         # normalises with frozen estimates, which `forward` and autograd handle)
-        autograd_only = self.layer_norm or self.crelu
+        autograd_only = self.layer_norm or self.crelu or self.head_correction is not None
         return loss_fn in _HAND_LOSSES and not autograd_only and (self.norms is None or self.training)
 
     def _forward_for_backward(self, x: torch.Tensor) -> _ForwardPass:

@@ -14,7 +14,7 @@ metrics read.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -53,11 +53,18 @@ class LecunMLP(UnitNetwork):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        activations = []
+        activations, layer_inputs = [], []
         for layer in self.layers[:-1]:
+            layer_inputs.append(x)
             x = self.activation(layer(x))
             activations.append(x)
-        return _output(self.layers[-1], x), activations
+        return self._with_head_correction(_output(self.layers[-1], x), [*layer_inputs, x]), activations
+
+    def injectable_layers(self) -> int:
+        return len(self.layers)
+
+    def head_activation(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.activation
 
     def unit_groups(self) -> list[UnitGroup]:
         layers = self.layers

@@ -123,7 +123,7 @@ class CifarResNet18(UnitNetwork):
             features += [middle, out]
         pooled = torch.flatten(r.avgpool(out), 1).view(batch, seeds, -1).transpose(0, 1)
         features[-1] = pooled
-        return self.fc(pooled), features
+        return self._with_head_correction(self.fc(pooled), [pooled]), features
 
     def _convs(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
         r = self.resnet

@@ -24,7 +24,7 @@ Shapes, for S seeds and a group of `width` units:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -221,7 +221,31 @@ def norm_entries(norm: nn.Module, seeds: int = 1) -> tuple[NormEntry, ...]:
 
 
 class UnitNetwork(nn.Module, abc.ABC):
-    """A network whose `forward(x)` returns `(output, activations)`, one activation per unit group."""
+    """A network whose `forward(x)` returns `(output, activations)`, one activation per unit group.
+
+    Every network ends in linear layers of the seed axis ((S, out, in) weights); the trailing ones
+    that form a plain stack (one elementwise activation between them, no norm, no dropout) are a
+    *head* that plasticity injection (`lop_ray.algos.injection`) may freeze and add a fresh one to.
+    `head_correction`, when set, maps the inputs of those trailing layers to a term the forward pass
+    adds to its output (`_with_head_correction`)."""
+
+    head_correction: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+
+    def injectable_layers(self) -> int:
+        """How many trailing weight layers form a plain linear stack (at least the output layer)."""
+        return 1
+
+    def head_activation(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The activation between the layers of that stack."""
+        return torch.relu
+
+    def _with_head_correction(
+        self, output: torch.Tensor, head_inputs: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """`output` plus the head correction of the trailing layers' inputs (forward order), if any."""
+        if self.head_correction is None:
+            return output
+        return output + self.head_correction(head_inputs)
 
     @abc.abstractmethod
     def unit_groups(self) -> list[UnitGroup]:

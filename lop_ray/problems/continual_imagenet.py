@@ -34,6 +34,10 @@ class ContinualImageNetNetwork(Strict):
     def weight_layer_count(self) -> int:
         return 6 if self.architecture == "conv_net" else 1
 
+    def injectable_layer_count(self) -> int:
+        """The conv net's fully connected head (fc1, fc2, output); the linear net's one layer."""
+        return 3 if self.architecture == "conv_net" else 1
+
 
 class ImageNetContinualBackprop(ContinualBackprop):
     """CBP on the conv net. The original's conv variant always accumulates its replacement count,

@@ -12,10 +12,12 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from lop_ray.algos.cbp import InitDistribution, InitScheme, ReplacementBase, UtilityAverage
+from lop_ray.algos.injection import InjectionConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.problems.base import Count, ProblemSpec, Rate, Real, Strict, prepared_data
 
 _LAYER_RESET = LayerResetConfig()
+_INJECTION = InjectionConfig()
 
 
 class IncrementalCifarProblem(Strict):
@@ -38,6 +40,9 @@ class IncrementalCifarNetwork(Strict):
 
     def weight_layer_count(self) -> int:
         return 21  # the stem, 16 block convs, 3 downsampling convs, the output layer
+
+    def injectable_layer_count(self) -> int:
+        return 1  # the classifier behind the pooled features
 
 
 class CifarSGD(Strict):
@@ -96,6 +101,14 @@ class Parseval(CifarSGD):
 
     parseval_strength: Real = Field(1e-3, gt=0)  # λ
     parseval_scale: Real = Field(1.0, gt=0)  # s
+
+
+class PlasticityInjection(CifarSGD):
+    """Plasticity injection (Nikishin et al. 2023, docs/methods.md) of the classifier."""
+
+    injection_period: Count = Field(_INJECTION.injection_period, ge=1)  # optimizer (minibatch) steps
+    head_layers: Count = Field(1, ge=1)
+    max_injections: Count = Field(_INJECTION.max_injections, ge=0)
 
 
 class UPGD(Strict):
@@ -159,6 +172,7 @@ INCREMENTAL_CIFAR = ProblemSpec(
         "parseval": Parseval,
         "upgd": UPGD,
         "snr": SelfNormalizedResets,
+        "plasticity_injection": PlasticityInjection,
     },
     steps_for=lambda settings, num_tasks: num_tasks * settings.epochs_per_block,  # one step = one epoch
     trainable="lop_ray.trainables.incremental_cifar:IncrementalCifarTrainable",

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 
 from lop_ray.algos.cbp import CBPConfig, InitScheme, ReplacementBase, UtilType
+from lop_ray.algos.injection import InjectionConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.algos.redo import ReDoConfig
@@ -20,6 +21,7 @@ _LAYER_RESET = LayerResetConfig()
 _PARSEVAL = ParsevalConfig()
 _UPGD = UPGDConfig()
 _SNR = SNRConfig()
+_INJECTION = InjectionConfig()
 
 
 class BP(OptimizerHyperparameters):
@@ -136,6 +138,21 @@ class SNR(SNRHyperparameters, OptimizerHyperparameters):
     pass
 
 
+class InjectionHyperparameters(Strict):
+    """Plasticity injection (Nikishin et al. 2023, docs/methods.md): every `injection_period`
+    optimizer steps (at most `max_injections` times; 0: no limit) the last `head_layers` weight
+    layers are frozen and a fresh head is added beside a frozen copy of its initial parameters."""
+
+    weight_decay: Real = Field(0.0, ge=0)
+    injection_period: Count = Field(_INJECTION.injection_period, ge=1)  # optimizer (minibatch) steps
+    head_layers: Count = Field(_INJECTION.head_layers, ge=1)
+    max_injections: Count = Field(_INJECTION.max_injections, ge=0)
+
+
+class PlasticityInjection(InjectionHyperparameters, OptimizerHyperparameters):
+    pass
+
+
 SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "bp": BP,
     "l2": L2,
@@ -147,4 +164,5 @@ SUPERVISED_ALGORITHMS: dict[str, type[BaseModel]] = {
     "parseval": Parseval,
     "upgd": UPGDHyperparameters,
     "snr": SNR,
+    "plasticity_injection": PlasticityInjection,
 }

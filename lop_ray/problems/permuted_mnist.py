@@ -53,6 +53,12 @@ class PermutedMNISTNetwork(Strict):
     def weight_layer_count(self) -> int:
         return self.hidden_layers + 1
 
+    def injectable_layer_count(self) -> int:
+        """Trailing weight layers that form a plain head: all of them, unless the hidden layers are
+        normalised, dropped out or CReLU (then the output layer alone)."""
+        special = self.dropout or self.online_norm or self.layer_norm or self.crelu
+        return 1 if special else self.weight_layer_count()
+
 
 PERMUTED_MNIST = ProblemSpec(
     name="permuted_mnist",

@@ -48,6 +48,11 @@ class RegressionNetwork(Strict):
     def weight_layer_count(self) -> int:
         return 2 if self.hidden_units else 1
 
+    def injectable_layer_count(self) -> int:
+        """Trailing weight layers that form a plain head: both, unless the hidden layer is normed
+        or CReLU (then the output layer alone)."""
+        return 1 if self.layer_norm or self.crelu else self.weight_layer_count()
+
 
 def regression_steps(settings: RegressionProblem, num_tasks: int) -> int:
     per_step = settings.examples_per_step or settings.flip_after

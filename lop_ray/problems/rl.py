@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from lop_ray.algos.cbp import CBPConfig, InitScheme, UtilType
 from lop_ray.problems.base import Count, ProblemSpec, Rate, Real, Strict
 from lop_ray.problems.learners import (
+    InjectionHyperparameters,
     L2InitHyperparameters,
     LayerResetHyperparameters,
     ParsevalHyperparameters,
@@ -107,6 +108,10 @@ class RLNetwork(Strict):
         """Weight layers of each net (what layer resets may reset): the hidden ones and the output."""
         return self.hidden_layers + 1
 
+    def injectable_layer_count(self) -> int:
+        """Trailing weight layers that form a plain head (plasticity injection's `head_layers`)."""
+        return self.hidden_layers + 1
+
 
 class PPO(Strict):
     """Standard PPO (Adam β = 0.9/0.999); `beta1 = beta2 = 0.99` is the paper's tuned Adam."""
@@ -165,6 +170,10 @@ class SNR(SNRHyperparameters, PPO):
     pass
 
 
+class PlasticityInjection(InjectionHyperparameters, PPO):
+    pass
+
+
 RL_ALGORITHMS = {
     "ppo": PPO,
     "l2": L2,
@@ -174,6 +183,7 @@ RL_ALGORITHMS = {
     "layer_reset": LayerReset,
     "parseval": Parseval,
     "snr": SNR,
+    "plasticity_injection": PlasticityInjection,
 }
 
 RL = ProblemSpec(

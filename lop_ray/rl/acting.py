@@ -34,11 +34,13 @@ class ActingPolicy:
         self.biases: list[np.ndarray] = []  # per layer (rows, 1, out)
         self.log_std = np.zeros((0, 0), dtype=np.float32)  # (rows, actions)
         self.std = self.log_std
+        self.frozen_layers = 0
+        self.frozen: list[tuple] = []
 
     def load(self, state: dict[str, np.ndarray], rows: Sequence[int] | None = None) -> None:
         """Weights from `GaussianPolicy.state_dict()` as numpy arrays (`layers.i.weight` (S, out, in),
         ...); row r of later calls acts with seed `rows[r]` (default: S rows, one per seed)."""
-        count = len([key for key in state if key.endswith(".weight")])
+        count = len([key for key in state if key.startswith("layers.") and key.endswith(".weight")])
         seeds = state["layers.0.weight"].shape[0]
         index = np.arange(seeds) if rows is None else np.asarray(rows, dtype=np.int64)
         self.weights = [
@@ -51,6 +53,32 @@ class ActingPolicy:
             np.asarray(state[f"layers.{i}.bias"], np.float32)[index][:, None, :] for i in range(count)
         ]
         self.log_std = np.asarray(state["log_std"], dtype=np.float32)[index]
+        self.frozen_layers = int(state.get("frozen.layers", 0))
+        self.frozen = []  # plasticity injection's frozen heads: [(old, initial or None)], as the layers
+        injection = 0
+        while f"frozen.{injection}.old.0.weight" in state:
+            pair = []
+            for part in ("old", "initial"):
+                if f"frozen.{injection}.{part}.0.weight" not in state:
+                    pair.append(None)
+                    continue
+                pair.append(
+                    [
+                        (
+                            np.ascontiguousarray(
+                                np.asarray(state[f"frozen.{injection}.{part}.{i}.weight"], np.float32)[
+                                    index
+                                ].transpose(0, 2, 1)
+                            ),
+                            np.asarray(state[f"frozen.{injection}.{part}.{i}.bias"], np.float32)[index][
+                                :, None, :
+                            ],
+                        )
+                        for i in range(self.frozen_layers)
+                    ]
+                )
+            self.frozen.append(tuple(pair))
+            injection += 1
         # row by row: numpy's exp computes an array's last few elements apart from the rest
         self.std = np.stack([np.exp(row) for row in self.log_std])
 
@@ -58,12 +86,28 @@ class ActingPolicy:
         """(rows, obs) → (rows, actions)."""
         h = obs[:, None, :]
         last = len(self.weights) - 1
+        head_input = None
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = np.matmul(h, weight)
-            h += bias
-            if index < last:
-                self.activation(h)
+            if self.frozen and index == len(self.weights) - self.frozen_layers:
+                head_input = h
+            h = self._layer(h, weight, bias, index < last)
+        for old, initial in self.frozen:  # the frozen heads' terms, as the learner adds them
+            h += self._head(old, head_input)
+            if initial is not None:
+                h -= self._head(initial, head_input)
         return h[:, 0, :]
+
+    def _layer(self, h: np.ndarray, weight: np.ndarray, bias: np.ndarray, hidden: bool) -> np.ndarray:
+        h = np.matmul(h, weight)
+        h += bias
+        if hidden:
+            self.activation(h)
+        return h
+
+    def _head(self, layers: list[tuple[np.ndarray, np.ndarray]], h: np.ndarray) -> np.ndarray:
+        for index, (weight, bias) in enumerate(layers):
+            h = self._layer(h, weight, bias, index < len(layers) - 1)
+        return h
 
     def act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Actions mean + std·noise and their log-probabilities (summed over action dimensions), for

@@ -80,8 +80,18 @@ def env_dims(env: str, ant_observation: str = "v5") -> tuple[int, int]:
 
 
 def policy_weights(policy: GaussianPolicy) -> dict[str, np.ndarray]:
-    """The policy as CPU numpy arrays: what goes to the runners (zero-copy in Ray's object store)."""
-    return {name: t.detach().cpu().numpy().copy() for name, t in policy.state_dict().items()}
+    """The policy as CPU numpy arrays: what goes to the runners (zero-copy in Ray's object store).
+    An injected policy (plasticity injection) sends its frozen heads too, as `frozen.*` arrays."""
+    weights = {name: t.detach().cpu().numpy().copy() for name, t in policy.state_dict().items()}
+    frozen = policy.head_correction
+    if frozen is not None:
+        weights["frozen.layers"] = np.asarray(frozen.layers)
+        for j, (old, initial) in enumerate(frozen.heads):
+            for part, head in (("old", old), ("initial", initial)):
+                for i, (weight, bias) in enumerate(head or ()):
+                    weights[f"frozen.{j}.{part}.{i}.weight"] = weight.detach().cpu().numpy().copy()
+                    weights[f"frozen.{j}.{part}.{i}.bias"] = bias.detach().cpu().numpy().copy()
+    return weights
 
 
 class EnvRunner:
