@@ -848,7 +848,7 @@ def test_paper_sweep_files_run_at_the_papers_scale(name, submit_from):
             "batch_size": 100,
             "train_images_per_class": None,
         }
-        assert trial["network"] == {"architecture": architecture}
+        assert trial["network"] == {"architecture": architecture, "layer_norm": False, "crelu": False}
         hyper = trial["hyperparameters"]
         assert (hyper["optimizer"], hyper["momentum"]) == ("sgd", 0.9)
         if algorithm == "cbp":

@@ -11,8 +11,8 @@ from lop_ray.algos.redo import ReDoConfig
 from lop_ray.data.shards import ImageDataset, load_dataset
 from lop_ray.experiments.learner import LearnerSettings, build_learner, initial_mlp
 from lop_ray.experiments.permuted_mnist import PermutedMNISTConfig, PermutedMNISTExperiment
+from lop_ray.nets.activations import crelu
 from lop_ray.nets.losses import per_seed_mse
-from lop_ray.nets.mlp import crelu
 from lop_ray.schema import SweepError
 from tests.method_sweeps import regression_sweep
 

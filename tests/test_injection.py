@@ -20,6 +20,7 @@ from lop_ray.nets.resnet import CifarResNet18
 from lop_ray.rl.acting import ActingPolicy
 from lop_ray.rl.runner import policy_weights
 from lop_ray.schema import SweepError, load_sweep
+from tests.acting import assert_runners_act_as
 from tests.method_sweeps import permuted_mnist_sweep
 
 
@@ -179,12 +180,7 @@ def test_the_runners_act_with_the_frozen_heads():
         with torch.no_grad():  # move the new head off its initial copy, so that the terms matter
             for layer in injection.head:
                 layer.weight.of().add_(0.1)
-        acting = ActingPolicy()
-        acting.load(policy_weights(policy), rows=rows)
-        with torch.no_grad():
-            mean, _ = policy(torch.from_numpy(obs)[None].expand(2, -1, -1))
-        expected = np.stack([mean[seed, row].numpy() for row, seed in enumerate(rows)])
-        np.testing.assert_allclose(acting.mean(obs), expected, rtol=1e-5, atol=1e-5)
+        expected = assert_runners_act_as(policy, obs, rows)
     plain = ActingPolicy()
     plain.load({k: v for k, v in policy_weights(policy).items() if not k.startswith("frozen")}, rows=rows)
     assert not np.allclose(plain.mean(obs), expected, atol=1e-3)  # the frozen heads are part of it

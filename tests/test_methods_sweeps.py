@@ -106,9 +106,17 @@ def test_every_method_of_the_permuted_mnist_files_runs(name, labels, submit_dire
         _finite_with_plasticity(rows, name)
 
 
-def test_every_method_of_the_imagenet_file_runs(submit_directory, monkeypatch):
-    trials = _one_trial_per_algorithm(METHODS / "imagenet.yaml", submit_directory, monkeypatch)
-    assert set(trials) == EVERY_METHOD
+@pytest.mark.parametrize(
+    ("name", "labels"),
+    [
+        ("imagenet", EVERY_METHOD),
+        ("imagenet_layer_norm", {"layer_norm", "layer_norm_wd"}),
+        ("imagenet_crelu", {"crelu", "crelu_wd"}),
+    ],
+)
+def test_every_method_of_the_imagenet_files_runs(name, labels, submit_directory, monkeypatch):
+    trials = _one_trial_per_algorithm(METHODS / f"{name}.yaml", submit_directory, monkeypatch)
+    assert set(trials) == labels
     root = str(submit_directory / "data" / "imagenet32")
     train, test = load_dataset("imagenet32", root, "train"), load_dataset("imagenet32", root, "test")
     torch.manual_seed(0)
@@ -120,23 +128,24 @@ def test_every_method_of_the_imagenet_file_runs(submit_directory, monkeypatch):
         _finite_with_plasticity(experiment.run_step() + experiment.run_step(), name)
 
 
-def test_every_method_of_the_rl_file_runs():
-    """sweeps/methods/rl_ant.yaml, each method on both PPO nets, shrunk: 16-unit nets, one 256-step
+RL_METHODS = {"ns", "l2", "l2_init", "cbp", "redo", "layer_reset", "parseval", "snr", "plasticity_injection"}
+
+
+@pytest.mark.parametrize(
+    ("name", "labels"),
+    [
+        ("rl_ant", RL_METHODS),
+        ("rl_ant_layer_norm", {"layer_norm", "layer_norm_wd"}),
+        ("rl_ant_crelu", {"crelu", "crelu_wd"}),
+    ],
+)
+def test_every_method_of_the_rl_files_runs(name, labels):
+    """sweeps/methods/rl_ant*.yaml, each method on both PPO nets, shrunk: 16-unit nets, one 256-step
     iteration of 1 epoch in this process."""
     from lop_ray.experiments import ppo
 
-    trials = _first_trials(METHODS / "rl_ant.yaml")
-    assert set(trials) == {
-        "ns",
-        "l2",
-        "l2_init",
-        "cbp",
-        "redo",
-        "layer_reset",
-        "parseval",
-        "snr",
-        "plasticity_injection",
-    }
+    trials = _first_trials(METHODS / f"{name}.yaml")
+    assert set(trials) == labels
     torch.set_num_threads(1)
     for name, trial in trials.items():
         trial["problem_settings"].update(

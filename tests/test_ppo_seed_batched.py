@@ -69,6 +69,8 @@ CONFIGS = {
     "full-reset": _tiny(method=LayerResetConfig(reset_period=5, layers=0, reset_optimizer_state=True)),
     "parseval-l2-init": _tiny(method=ParsevalConfig(parseval_strength=1e-3), l2_init=0.1),
     "snr": _tiny(method=SNRConfig(rejection_percentile=0.5)),
+    # the network options since the paper, the runners' numpy copy computing them too
+    "layer-norm-crelu-cbp": _tiny(layer_norm=True, crelu=True, policy_cbp=CBP, value_cbp=CBP),
     # the runners act with the frozen heads too: a two-layer head, injected several times a step
     "plasticity-injection": _tiny(method=InjectionConfig(injection_period=7, head_layers=2)),
 }

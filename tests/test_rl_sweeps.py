@@ -153,7 +153,13 @@ def test_rl_sweep_files_are_the_papers_configs(name):
         assert s["friction_change_every"] == 2_000_000
         env_steps = trial["num_steps"] * s["iterations_per_step"] * s["batch_size"]
         assert paper_steps <= env_steps < paper_steps + s["iterations_per_step"] * s["batch_size"]
-        assert trial["network"] == {"activation": "relu", "hidden_units": 256, "hidden_layers": 2}
+        assert trial["network"] == {
+            "activation": "relu",
+            "hidden_units": 256,
+            "hidden_layers": 2,
+            "layer_norm": False,
+            "crelu": False,
+        }
         hyper = trial["hyperparameters"]
         assert hyper["step_size"] == 1e-4 and hyper["eps"] == 1e-8
         beta1, beta2, weight_decay = OPTIMIZER[trial["label"]]

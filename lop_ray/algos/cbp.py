@@ -403,8 +403,11 @@ class ContinualBackprop:
         if group.fan_out_per_unit == 1:
             return self._outgoing_magnitude(index) * _unit_mean(values)
         shape = (group.seeds, group.width, group.fan_out_per_unit)
-        per_column_weight = group.outgoing.of().abs().mean(dim=1).reshape(shape)
-        return (per_column_weight * values.mean(dim=1).reshape(shape)).mean(dim=2)
+        weight = group.outgoing.of().abs()  # a conv layer's: mean over its outputs and kernel
+        per_column = weight.mean(dim=1) if weight.dim() == 3 else weight.flatten(3).mean(dim=(1, 3))
+        # a column's value: the mean over the positions it covers (a CReLU output of a conv unit: H·W)
+        per_column_value = values.mean(dim=1).reshape(*shape, -1).mean(dim=3)
+        return (per_column.reshape(shape) * per_column_value).mean(dim=2)
 
     def _incoming_magnitude(self, index: int) -> torch.Tensor:
         group = self.groups[index]

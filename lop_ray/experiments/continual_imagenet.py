@@ -50,6 +50,8 @@ class ContinualImageNetConfig:
     epochs_per_task: int = 250
     batch_size: int = 100
     train_images_per_class: int | None = None  # None: all 600 (the paper); fewer for quick runs
+    layer_norm: bool = False  # the conv net's hidden pre-activations normalised (Lyle et al. 2024)
+    crelu: bool = False  # the conv net's hidden units CReLUs (Abbas et al. 2023)
     learner: LearnerSettings = field(default_factory=lambda: LearnerSettings(step_size=0.01, momentum=0.9))
 
 
@@ -69,13 +71,17 @@ class ContinualImageNetExperiment:
             raise ValueError(f"unknown network {config.network!r}; allowed: {sorted(NETWORKS)}")
         if not seeds:
             raise ValueError("an experiment needs at least one seed")
+        options = {"layer_norm": config.layer_norm, "crelu": config.crelu}
+        if any(options.values()) and config.network != "conv_net":
+            raise ValueError(f"layer_norm and crelu are options of the conv net, not of {config.network!r}")
         self.config = config
         self.seeds = [int(seed) for seed in seeds]
         self.device = torch.device(device)
         self.tasks = [ClassPairTasks(train, test, seed, config.train_images_per_class) for seed in self.seeds]
         # drawn on the CPU from CPU generators, so the initial network does not depend on the device
         generators = [generator(seed, LEARNER, 0) for seed in self.seeds]
-        self.net = NETWORKS[config.network](NUM_OUTPUTS, generators=generators).to(self.device)
+        options = options if config.network == "conv_net" else {}
+        self.net = NETWORKS[config.network](NUM_OUTPUTS, generators=generators, **options).to(self.device)
         self.learner, self.cbp = build_learner(
             self.net, config.learner, self.seeds, self.device, per_seed_cross_entropy
         )
@@ -177,5 +183,7 @@ def config_from_trial(trial: dict[str, Any]) -> ContinualImageNetConfig:
         epochs_per_task=settings["epochs_per_task"],
         batch_size=settings["batch_size"],
         train_images_per_class=settings["train_images_per_class"],
+        layer_norm=trial["network"].get("layer_norm", False),
+        crelu=trial["network"].get("crelu", False),
         learner=learner_from_trial(trial),
     )

@@ -57,6 +57,8 @@ class PPOExperimentConfig:
     env_threads: int = 1  # threads stepping each runner's envs
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
+    layer_norm: bool = False  # both nets' hidden pre-activations normalised (Lyle et al. 2024)
+    crelu: bool = False  # both nets' hidden units CReLUs (Abbas et al. 2023)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     step_size: float = 1e-4
     beta1: float = 0.9
@@ -131,10 +133,10 @@ class PPOExperiment:
         self.device = torch.device(device)
         obs_dim, action_dim = env_dims(config.env, config.ant_observation)
         inits = [generator(s, LEARNER, INIT) for s in self.seeds]  # CPU draws: the same nets on any device
-        self.policy = GaussianPolicy(obs_dim, action_dim, config.hidden, config.activation, inits).to(
-            self.device
-        )
-        self.value = ValueNetwork(obs_dim, config.hidden, config.activation, inits).to(self.device)
+        options = {"layer_norm": config.layer_norm, "crelu": config.crelu}
+        self.policy = GaussianPolicy(obs_dim, action_dim, config.hidden, config.activation, inits, **options)
+        self.policy.to(self.device)
+        self.value = ValueNetwork(obs_dim, config.hidden, config.activation, inits, **options).to(self.device)
         optimizer = self._optimizer([*self.policy.parameters(), *self.value.parameters()])
         # on the learner's device (ReDo draws there; CBP draws on the CPU twin of each)
         self.intervention_generators = [
@@ -467,6 +469,8 @@ def config_from_trial(trial: dict[str, Any]) -> PPOExperimentConfig:
         env_threads=settings.get("env_threads", 1),
         hidden=(network["hidden_units"],) * network["hidden_layers"],
         activation=network["activation"],
+        layer_norm=network.get("layer_norm", False),
+        crelu=network.get("crelu", False),
         ppo=PPOConfig(
             gamma=settings["gamma"],
             gae_lambda=settings["gae_lambda"],

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -53,3 +55,18 @@ def init_bound(scheme: str, activation: str, fan_in: int, fan_out: int) -> float
     if scheme == "default":
         return math.sqrt(1.0 / fan_in)
     raise ValueError(f"unknown init scheme {scheme!r}; allowed: {list(INIT_SCHEMES)}")
+
+
+def crelu(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """CReLU (Shang et al. 2016; against plasticity loss: Abbas et al. 2023): each unit's ReLU(z) and
+    ReLU(−z), interleaved along `dim` (a linear layer's units, a conv layer's channels), so that a
+    unit's two outputs are adjacent inputs of the next layer and it always passes a gradient (one of
+    the two is active unless z = 0)."""
+    dim = dim % z.dim()
+    return torch.stack((F.relu(z), F.relu(-z)), dim=dim + 1).flatten(dim, dim + 1)
+
+
+def crelu_units(h: torch.Tensor) -> torch.Tensor:
+    """Seed-first CReLU outputs (S, batch, 2·width, *positions) as (S, batch, width, 2, *positions):
+    a unit with its two outputs (what CBP, ReDo and SNR score a unit by)."""
+    return h.unflatten(2, (h.shape[2] // 2, 2))

@@ -22,6 +22,7 @@ layer by layer, weight then bias, in forward order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -29,8 +30,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lop_ray.nets.activations import crelu, crelu_units
+from lop_ray.nets.layer_norm import SeedChannelNorm, SeedLayerNorm
 from lop_ray.nets.seed_linear import SeedLinear
-from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer
+from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer, norm_entries
 
 IMAGE_SHAPE = (3, 32, 32)
 CONV_SHAPES = ((32, 3, 5, 5), (64, 32, 3, 3), (128, 64, 3, 3))  # (out, in, k, k)
@@ -81,26 +84,47 @@ def _default_layers(names: Sequence[str], layers: Sequence[nn.Module]) -> list[W
 
 class ConvNet(UnitNetwork):
     """The paper's conv net for 32×32 RGB inputs, S = len(generators) seeds; `forward` returns
-    (logits, hidden features)."""
+    (logits, hidden features).
 
-    def __init__(self, num_outputs: int = 2, *, generators: Sequence[torch.Generator]) -> None:
+    Two options of the methods since the paper (docs/methods.md): `layer_norm` normalises every
+    hidden pre-activation (a conv layer's per example over C·H·W with a gain and bias per channel,
+    `SeedChannelNorm`; fc1 and fc2 over their units, `SeedLayerNorm`: Lyle et al. 2024), `crelu`
+    makes every hidden unit (a channel, a linear unit) a CReLU (Abbas et al. 2023), doubling the next
+    layer's inputs. Both keep PyTorch's default initialisation, over the wider fan-in for CReLU."""
+
+    def __init__(
+        self,
+        num_outputs: int = 2,
+        *,
+        generators: Sequence[torch.Generator],
+        layer_norm: bool = False,
+        crelu: bool = False,
+    ) -> None:
         super().__init__()
         self.seeds = _check_generators(generators)
         self.grouped: bool | None = None  # None: a grouped call on CUDA, a loop over seeds elsewhere
         self.positions_after_conv = POSITIONS_AFTER_CONV
+        self.crelu = crelu
+        self.layer_norm = layer_norm
+        wide = 2 if crelu else 1  # a CReLU unit feeds two inputs of the next layer
+        conv_shapes = [CONV_SHAPES[0], *((o, i * wide, k, k2) for o, i, k, k2 in CONV_SHAPES[1:])]
         fc_shapes = (
-            (HIDDEN, CONV_SHAPES[-1][0] * POSITIONS_AFTER_CONV),
-            (HIDDEN, HIDDEN),
-            (num_outputs, HIDDEN),
+            (HIDDEN, CONV_SHAPES[-1][0] * wide * POSITIONS_AFTER_CONV),
+            (HIDDEN, HIDDEN * wide),
+            (num_outputs, HIDDEN * wide),
         )
         # one seed's draws: conv1, conv2, conv3, fc1, fc2, fc3 — so draw all six per generator first
-        drawn = [[default_init(shape, g) for shape in (*CONV_SHAPES, *fc_shapes)] for g in generators]
+        drawn = [[default_init(shape, g) for shape in (*conv_shapes, *fc_shapes)] for g in generators]
 
         def layer(i):
             return [seed[i][0] for seed in drawn], [seed[i][1] for seed in drawn]
 
         self.conv1, self.conv2, self.conv3 = (SeedConv2d(*layer(i)) for i in range(3))
         self.fc1, self.fc2, self.fc3 = (SeedLinear(*map(torch.stack, layer(i))) for i in range(3, 6))
+        self.conv_norms = self.fc_norms = None
+        if layer_norm:
+            self.conv_norms = nn.ModuleList(SeedChannelNorm(shape[0], self.seeds) for shape in CONV_SHAPES)
+            self.fc_norms = nn.ModuleList(SeedLayerNorm(HIDDEN, self.seeds) for _ in range(2))
 
     @property
     def output(self) -> SeedLinear:
@@ -119,22 +143,45 @@ class ConvNet(UnitNetwork):
         features = self._grouped_convs(x) if grouped else self._convs_seed_by_seed(x)
         # channel-major flatten per seed: channel c owns columns 4c … 4c+3 (a view of either layout)
         flat = features[-1].reshape(self.seeds, x.shape[1], -1)
-        h4 = F.relu(self.fc1(flat))
-        h5 = F.relu(self.fc2(h4))
+        h4 = self._hidden(self.fc1(flat), 0)
+        h5 = self._hidden(self.fc2(h4), 1)
         return self._with_head_correction(self.fc3(h5), [flat, h4, h5]), [*features, h4, h5]
 
+    def _hidden(self, z: torch.Tensor, index: int) -> torch.Tensor:
+        """A fully connected layer's (S, batch, units) pre-activations → its features."""
+        if self.fc_norms is not None:
+            z = self.fc_norms[index](z)
+        return crelu(z) if self.crelu else F.relu(z)
+
+    def _conv_features(self, z: torch.Tensor, index: int, seed: int | None) -> torch.Tensor:
+        """A conv layer's pre-activations → normalised, activated, pooled: one seed's (batch, C, H, W)
+        (`seed`), or every seed's as (batch, S·C, H, W) (None)."""
+        if self.conv_norms is not None:
+            norm = self.conv_norms[index]
+            z = norm.grouped(z) if seed is None else norm.of_seed(z, seed)
+        if self.crelu:
+            if seed is None:  # interleave each seed's channels apart from the others'
+                batch, _, height, width = z.shape
+                z = crelu(z.view(batch, self.seeds, -1, height, width), dim=2).flatten(1, 2)
+            else:
+                z = crelu(z, dim=1)
+        else:
+            z = F.relu(z)
+        return F.max_pool2d(z, 2)
+
     def injectable_layers(self) -> int:
-        """fc1, fc2 and the output: the fully connected head behind the convolutions."""
-        return 3
+        """fc1, fc2 and the output, the fully connected head behind the convolutions; the output
+        layer alone behind a norm or CReLU."""
+        return 1 if self.layer_norm or self.crelu else 3
 
     def _grouped_convs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """One call per layer on (batch, S·C, H, W); each feature seed-first as a view of it."""
         seeds, batch = x.shape[:2]
         h = x.transpose(0, 1).reshape(batch, seeds * x.shape[2], *x.shape[3:])
         features = []
-        for conv in self.convs:
-            h = F.max_pool2d(F.relu(F.conv2d(h, conv.weight, conv.bias, groups=seeds)), 2)
-            features.append(h.view(batch, seeds, conv.out_channels, *h.shape[2:]).transpose(0, 1))
+        for index, conv in enumerate(self.convs):
+            h = self._conv_features(F.conv2d(h, conv.weight, conv.bias, groups=seeds), index, None)
+            features.append(h.view(batch, seeds, -1, *h.shape[2:]).transpose(0, 1))
         return features
 
     def _convs_seed_by_seed(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -142,12 +189,12 @@ class ConvNet(UnitNetwork):
         pass stacks the S gradients once instead of summing S zero-padded copies)."""
         per_seed = list(x.unbind(0))
         features = []
-        for conv in self.convs:
+        for index, conv in enumerate(self.convs):
             weights = conv.weight.view(self.seeds, conv.out_channels, *conv.weight.shape[1:]).unbind(0)
             biases = conv.bias.view(self.seeds, conv.out_channels).unbind(0)
             per_seed = [
-                F.max_pool2d(F.relu(F.conv2d(h, w, b)), 2)
-                for h, w, b in zip(per_seed, weights, biases, strict=True)
+                self._conv_features(F.conv2d(h, w, b), index, seed)
+                for seed, (h, w, b) in enumerate(zip(per_seed, weights, biases, strict=True))
             ]
             # one seed: a view, not a copy of its features
             features.append(per_seed[0].unsqueeze(0) if self.seeds == 1 else torch.stack(per_seed))
@@ -156,8 +203,10 @@ class ConvNet(UnitNetwork):
     def unit_groups(self) -> list[UnitGroup]:
         chain = (*self.convs, self.fc1, self.fc2, self.fc3)
         names = ("conv1", "conv2", "conv3", "fc1", "fc2")
+        norms = self._norms()
+        wide = 2 if self.crelu else 1
         groups = []
-        for name, layer, following in zip(names, chain, chain[1:], strict=False):
+        for index, (name, layer, following) in enumerate(zip(names, chain, chain[1:], strict=False)):
             (weight, bias), (next_weight, next_bias) = layer.views(), following.views()
             groups.append(
                 UnitGroup(
@@ -167,17 +216,28 @@ class ConvNet(UnitNetwork):
                     "relu",
                     incoming_bias=bias,
                     outgoing_bias=next_bias,
-                    fan_out_per_unit=self.positions_after_conv if name == "conv3" else 1,
+                    norm=norm_entries(norms[index], self.seeds) if norms else (),
+                    fan_out_per_unit=wide * (self.positions_after_conv if name == "conv3" else 1),
+                    # CReLU: a unit's two outputs together (activations are seed-first already)
+                    **({"seed_activations": crelu_units} if self.crelu else {}),
                 )
             )
-        return groups  # activations are seed-first already: the default `seed_activations`
+        return groups
+
+    def _norms(self) -> list[nn.Module]:
+        """The norm of each hidden layer's output, in forward order (none without `layer_norm`)."""
+        return [*self.conv_norms, *self.fc_norms] if self.layer_norm else []
 
     def parameter_views(self) -> list[SeedView]:
-        return [view for layer in (*self.convs, self.fc1, self.fc2, self.fc3) for view in layer.views()]
+        views = [view for layer in (*self.convs, self.fc1, self.fc2, self.fc3) for view in layer.views()]
+        return views + [SeedView.whole(p) for norm in self._norms() for p in (norm.weight, norm.bias)]
 
     def weight_layers(self) -> list[WeightLayer]:
         layers = (*self.convs, self.fc1, self.fc2, self.fc3)
-        return _default_layers(("conv1", "conv2", "conv3", "fc1", "fc2", "output"), layers)
+        listed = _default_layers(("conv1", "conv2", "conv3", "fc1", "fc2", "output"), layers)
+        for index, norm in enumerate(self._norms()):  # a reset layer's norm restarts with it
+            listed[index] = dataclasses.replace(listed[index], norm=norm_entries(norm, self.seeds))
+        return listed
 
 
 class LinearNet(UnitNetwork):

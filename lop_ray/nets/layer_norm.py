@@ -32,3 +32,26 @@ class SeedLayerNorm(nn.Module):
     def unit_entries(self) -> dict[str, float]:
         """A fresh unit's gain and bias (continual backprop, ReDo, SNR, layer resets)."""
         return {"weight": 1.0, "bias": 0.0}
+
+
+class SeedChannelNorm(nn.Module):
+    """Layer normalisation of a conv layer's pre-activation, S seeds: each example's C·H·W values
+    of one seed normalised together (a group norm of one group), then a gain and bias per channel,
+    (S, C), so that a channel is a unit with its own norm entries as a linear layer's unit is."""
+
+    def __init__(self, channels: int, seeds: int = 1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(seeds, channels))
+        self.bias = nn.Parameter(torch.zeros(seeds, channels))
+
+    def of_seed(self, z: torch.Tensor, seed: int) -> torch.Tensor:
+        """Seed `seed`'s (batch, C, H, W) pre-activations."""
+        return F.group_norm(z, 1, self.weight[seed], self.bias[seed], self.eps)
+
+    def grouped(self, z: torch.Tensor) -> torch.Tensor:
+        """Every seed's pre-activations as one (batch, S·C, H, W) tensor, seed s the s-th C channels."""
+        return F.group_norm(z, self.weight.shape[0], self.weight.flatten(), self.bias.flatten(), self.eps)
+
+    def unit_entries(self) -> dict[str, float]:
+        return {"weight": 1.0, "bias": 0.0}

@@ -25,14 +25,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lop_ray.nets.activations import init_gain, make_activation
+from lop_ray.nets.activations import crelu, init_gain, make_activation
 from lop_ray.nets.layer_norm import SeedLayerNorm
 from lop_ray.nets.losses import per_seed_cross_entropy, per_seed_mse
 from lop_ray.nets.mlp_gradients import DERIVATIVES
 from lop_ray.nets.one_example_kernel import ACTIVATION_CODES, one_hidden_layer_squared_error
 from lop_ray.nets.online_norm import OnlineNorm
 from lop_ray.nets.seed_linear import SeedLinear
-from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer, norm_entries
+from lop_ray.nets.units import (
+    SeedView,
+    UnitGroup,
+    UnitNetwork,
+    WeightLayer,
+    linear_stack_groups,
+    norm_entries,
+)
 
 _MSE = (F.mse_loss, per_seed_mse)
 _CROSS_ENTROPY = (F.cross_entropy, per_seed_cross_entropy)
@@ -49,18 +56,6 @@ def _initial_weight(
     else:
         bound = init_gain(activation) * math.sqrt(3.0 / fan_in)
     return torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=generator)
-
-
-def crelu(z: torch.Tensor) -> torch.Tensor:
-    """CReLU (Shang et al. 2016; against plasticity loss: Abbas et al. 2023): each unit's ReLU(z) and
-    ReLU(−z), interleaved (…, 2·width), so that a unit's two outputs are adjacent columns of the next
-    layer and it always passes a gradient (one of the two is active unless z = 0)."""
-    return torch.stack((F.relu(z), F.relu(-z)), dim=-1).flatten(-2)
-
-
-def _crelu_units(h: torch.Tensor) -> torch.Tensor:
-    """(S, batch, 2·width) CReLU outputs as (S, batch, width, 2): a unit and its two outputs."""
-    return h.unflatten(-1, (h.shape[-1] // 2, 2))
 
 
 class MLP(UnitNetwork):
@@ -153,19 +148,7 @@ class MLP(UnitNetwork):
 
     def unit_groups(self) -> list[UnitGroup]:
         """Each hidden layer, its parameters already (S, …)."""
-        layers = self.layers
-        return [
-            UnitGroup.of_seed_layers(
-                f"hidden{i}",
-                layers[i],
-                layers[i + 1],
-                self.activation_name,
-                norm=norm_entries(self.norms[i], self.num_seeds) if self.norms is not None else (),
-                # CReLU: unit j feeds the next layer's columns 2j (its ReLU) and 2j + 1 (of −z)
-                **({"fan_out_per_unit": 2, "seed_activations": _crelu_units} if self.crelu else {}),
-            )
-            for i in range(len(layers) - 1)
-        ]
+        return linear_stack_groups(self.layers, self.activation_name, self.norms, self.crelu)
 
     def parameter_views(self) -> list[SeedView]:
         return [SeedView.whole(p) for p in self.parameters()]

@@ -19,10 +19,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from lop_ray.nets.activations import make_activation
+from lop_ray.nets.activations import crelu, make_activation
+from lop_ray.nets.layer_norm import SeedLayerNorm
 from lop_ray.nets.seed_elementwise import per_seed_elementwise
 from lop_ray.nets.seed_linear import SeedLinear
-from lop_ray.nets.units import SeedView, UnitGroup, UnitNetwork, WeightLayer
+from lop_ray.nets.units import (
+    SeedView,
+    UnitGroup,
+    UnitNetwork,
+    WeightLayer,
+    linear_stack_groups,
+    norm_entries,
+)
 
 Generators = Sequence[torch.Generator | None] | torch.Generator | None
 
@@ -35,43 +43,60 @@ def _as_generators(generators: Generators) -> list[torch.Generator | None]:
 
 class LecunMLP(UnitNetwork):
     """An MLP of S seeds whose layers are all lecun-uniform with zero biases; `forward(x)` with x
-    (S, batch, in) → (output (S, batch, out), hidden activations (S, batch, width) per layer)."""
+    (S, batch, in) → (output (S, batch, out), hidden activations (S, batch, width) per layer).
 
-    def __init__(self, sizes: Sequence[int], activation: str = "relu", generators: Generators = None) -> None:
+    `layer_norm` normalises every hidden pre-activation (`SeedLayerNorm`, Lyle et al. 2024); `crelu`
+    makes every hidden unit a CReLU (Abbas et al. 2023), the next layer's fan-in doubled and
+    initialised for it. The runners' numpy copy computes both (`lop_ray.rl.acting`)."""
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "relu",
+        generators: Generators = None,
+        layer_norm: bool = False,
+        crelu: bool = False,
+    ) -> None:
         super().__init__()
         if len(sizes) < 2:
             raise ValueError(f"an MLP needs at least input and output sizes, got {list(sizes)}")
+        if crelu and activation != "relu":
+            raise ValueError(f"crelu is built of ReLUs: activation must be relu, got {activation!r}")
         generators = _as_generators(generators)
         self.num_seeds = len(generators)
         self.activation_name = activation
         self.activation = make_activation(activation)
-        shapes = [torch.Size((b, a)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        self.crelu = crelu
+        fans_in = [sizes[0], *(2 * b if crelu else b for b in sizes[1:-1])]
+        shapes = [torch.Size((b, a)) for a, b in zip(fans_in, sizes[1:], strict=True)]
         drawn = [[_lecun_draw(shape, g) for shape in shapes] for g in generators]
         self.layers = nn.ModuleList(
             SeedLinear(torch.stack([d[i][0] for d in drawn]), torch.stack([d[i][1] for d in drawn]))
             for i in range(len(shapes))
         )
+        self.norms = (
+            nn.ModuleList(SeedLayerNorm(b, self.num_seeds) for b in sizes[1:-1]) if layer_norm else None
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         activations, layer_inputs = [], []
-        for layer in self.layers[:-1]:
+        for index, layer in enumerate(self.layers[:-1]):
             layer_inputs.append(x)
-            x = self.activation(layer(x))
+            z = layer(x)
+            if self.norms is not None:
+                z = self.norms[index](z)
+            x = crelu(z) if self.crelu else self.activation(z)
             activations.append(x)
         return self._with_head_correction(_output(self.layers[-1], x), [*layer_inputs, x]), activations
 
     def injectable_layers(self) -> int:
-        return len(self.layers)
+        return 1 if self.norms is not None or self.crelu else len(self.layers)
 
     def head_activation(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return self.activation
 
     def unit_groups(self) -> list[UnitGroup]:
-        layers = self.layers
-        return [
-            UnitGroup.of_seed_layers(f"hidden{i}", layers[i], layers[i + 1], self.activation_name)
-            for i in range(len(layers) - 1)
-        ]
+        return linear_stack_groups(self.layers, self.activation_name, self.norms, self.crelu)
 
     def parameter_views(self) -> list[SeedView]:
         return [SeedView.whole(p) for p in self.parameters()]
@@ -85,6 +110,7 @@ class LecunMLP(UnitNetwork):
                 SeedView.whole(layer.weight),
                 SeedView.whole(layer.bias),
                 lambda g, shape=layer.weight.shape[1:]: _lecun_draw(shape, g),
+                norm_entries(self.norms[i], self.num_seeds) if self.norms is not None and i < last else (),
             )
             for i, layer in enumerate(self.layers)
         ]
@@ -120,8 +146,10 @@ class GaussianPolicy(LecunMLP):
         hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
         generators: Generators = None,
+        **options: bool,
     ) -> None:
-        super().__init__([obs_dim, *hidden, action_dim], activation, generators)
+        """`options`: `layer_norm`, `crelu` (see `LecunMLP`)."""
+        super().__init__([obs_dim, *hidden, action_dim], activation, generators, **options)
         self.log_std = nn.Parameter(torch.zeros(self.num_seeds, action_dim))
 
     def log_prob(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -142,8 +170,9 @@ class ValueNetwork(LecunMLP):
         hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
         generators: Generators = None,
+        **options: bool,
     ) -> None:
-        super().__init__([obs_dim, *hidden, 1], activation, generators)
+        super().__init__([obs_dim, *hidden, 1], activation, generators, **options)
 
     def value(self, obs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(S, batch, obs) → values (S, batch), hidden activations."""

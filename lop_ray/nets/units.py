@@ -260,3 +260,27 @@ class UnitNetwork(nn.Module, abc.ABC):
     def weight_layers(self) -> list[WeightLayer]:
         """Every weight layer in forward order, the output layer last, each with its constructor's
         draw (what layer and full resets redraw, and Parseval regularises)."""
+
+
+def linear_stack_groups(
+    layers: Sequence[nn.Module],
+    activation: str,
+    norms: Sequence[nn.Module] | None = None,
+    crelu: bool = False,
+) -> list[UnitGroup]:
+    """The hidden layers of a stack of seed-first linear layers (an MLP's), each with its norm's
+    entries; a CReLU unit j feeds the next layer's columns 2j (its ReLU) and 2j + 1 (of −z)."""
+    from lop_ray.nets.activations import crelu_units
+
+    seeds = layers[0].weight.shape[0]
+    return [
+        UnitGroup.of_seed_layers(
+            f"hidden{i}",
+            layers[i],
+            layers[i + 1],
+            activation,
+            norm=norm_entries(norms[i], seeds) if norms is not None else (),
+            **({"fan_out_per_unit": 2, "seed_activations": crelu_units} if crelu else {}),
+        )
+        for i in range(len(layers) - 1)
+    ]

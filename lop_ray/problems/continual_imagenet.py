@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lop_ray.algos.cbp import InitScheme, ReplacementBase
 from lop_ray.problems.base import Count, ProblemSpec, Strict, prepared_data
@@ -30,13 +30,24 @@ class ContinualImageNetProblem(Strict):
 class ContinualImageNetNetwork(Strict):
     # conv_net: the paper's conv net; linear: the 3072 → 2 baseline, reset at every task
     architecture: Literal["conv_net", "linear"] = "conv_net"
+    layer_norm: bool = False  # every hidden pre-activation normalised (Lyle et al. 2024): conv_net
+    crelu: bool = False  # CReLU hidden units and channels (Abbas et al. 2023): conv_net
+
+    @model_validator(mode="after")
+    def _options_of_the_conv_net(self):
+        for option in ("layer_norm", "crelu"):
+            if getattr(self, option) and self.architecture != "conv_net":
+                raise ValueError(f"{option} is an option of architecture conv_net, not {self.architecture}")
+        return self
 
     def weight_layer_count(self) -> int:
         return 6 if self.architecture == "conv_net" else 1
 
     def injectable_layer_count(self) -> int:
-        """The conv net's fully connected head (fc1, fc2, output); the linear net's one layer."""
-        return 3 if self.architecture == "conv_net" else 1
+        """The conv net's fully connected head (fc1, fc2, output), its output layer alone behind a
+        norm or CReLU; the linear net's one layer."""
+        plain = self.architecture == "conv_net" and not (self.layer_norm or self.crelu)
+        return 3 if plain else 1
 
 
 class ImageNetContinualBackprop(ContinualBackprop):

@@ -103,14 +103,23 @@ class RLNetwork(Strict):
     activation: Literal[ACTING_ACTIVATIONS] = "relu"  # type: ignore[valid-type]  # the runners' numpy copy
     hidden_units: Count = Field(256, ge=1)
     hidden_layers: Count = Field(2, ge=1)
+    layer_norm: bool = False  # every hidden pre-activation of both nets normalised (Lyle et al. 2024)
+    crelu: bool = False  # CReLU hidden units in both nets (Abbas et al. 2023)
+
+    @model_validator(mode="after")
+    def _crelu_of_relu(self):
+        if self.crelu and self.activation != "relu":
+            raise ValueError(f"crelu is built of ReLUs: activation must be relu, got {self.activation!r}")
+        return self
 
     def weight_layer_count(self) -> int:
         """Weight layers of each net (what layer resets may reset): the hidden ones and the output."""
         return self.hidden_layers + 1
 
     def injectable_layer_count(self) -> int:
-        """Trailing weight layers that form a plain head (plasticity injection's `head_layers`)."""
-        return self.hidden_layers + 1
+        """Trailing weight layers that form a plain head (plasticity injection's `head_layers`): all
+        of them, the output layer alone behind a norm or CReLU."""
+        return 1 if self.layer_norm or self.crelu else self.hidden_layers + 1
 
 
 class PPO(Strict):

@@ -34,6 +34,8 @@ class ActingPolicy:
         self.biases: list[np.ndarray] = []  # per layer (rows, 1, out)
         self.log_std = np.zeros((0, 0), dtype=np.float32)  # (rows, actions)
         self.std = self.log_std
+        self.crelu = False
+        self.norms: list[tuple[np.ndarray, np.ndarray]] = []
         self.frozen_layers = 0
         self.frozen: list[tuple] = []
 
@@ -53,6 +55,15 @@ class ActingPolicy:
             np.asarray(state[f"layers.{i}.bias"], np.float32)[index][:, None, :] for i in range(count)
         ]
         self.log_std = np.asarray(state["log_std"], dtype=np.float32)[index]
+        self.crelu = bool(state.get("crelu", False))
+        self.norms = [  # layer normalisation's gain and bias of each hidden layer, if the policy has it
+            tuple(
+                np.asarray(state[f"norms.{i}.{part}"], np.float32)[index][:, None, :]
+                for part in ("weight", "bias")
+            )
+            for i in range(count - 1)
+            if f"norms.{i}.weight" in state
+        ]
         self.frozen_layers = int(state.get("frozen.layers", 0))
         self.frozen = []  # plasticity injection's frozen heads: [(old, initial or None)], as the layers
         injection = 0
@@ -90,7 +101,14 @@ class ActingPolicy:
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             if self.frozen and index == len(self.weights) - self.frozen_layers:
                 head_input = h
-            h = self._layer(h, weight, bias, index < last)
+            if index == last:
+                h = self._layer(h, weight, bias, False)
+                break
+            h = np.matmul(h, weight)
+            h += bias
+            if self.norms:
+                h = _layer_norm(h, *self.norms[index])
+            h = _crelu(h) if self.crelu else self.activation(h)
         for old, initial in self.frozen:  # the frozen heads' terms, as the learner adds them
             h += self._head(old, head_input)
             if initial is not None:
@@ -116,3 +134,15 @@ class ActingPolicy:
         actions = mean + self.std * noise
         log_probs = (-0.5 * np.square(noise) - self.log_std - _HALF_LOG_2PI).sum(axis=-1)
         return actions.astype(np.float32), log_probs.astype(np.float32)
+
+
+def _layer_norm(h: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Each row's units normalised (`SeedLayerNorm`: biased variance, ε = 1e-5), then gain and bias."""
+    centred = h - h.mean(axis=-1, keepdims=True)
+    variance = np.square(centred).mean(axis=-1, keepdims=True)
+    return centred / np.sqrt(variance + eps) * gain + bias
+
+
+def _crelu(h: np.ndarray) -> np.ndarray:
+    """ReLU(h) and ReLU(−h) of each unit, interleaved (`lop_ray.nets.activations.crelu`)."""
+    return np.stack((np.maximum(h, 0.0), np.maximum(-h, 0.0)), axis=-1).reshape(*h.shape[:-1], -1)

@@ -83,6 +83,8 @@ def policy_weights(policy: GaussianPolicy) -> dict[str, np.ndarray]:
     """The policy as CPU numpy arrays: what goes to the runners (zero-copy in Ray's object store).
     An injected policy (plasticity injection) sends its frozen heads too, as `frozen.*` arrays."""
     weights = {name: t.detach().cpu().numpy().copy() for name, t in policy.state_dict().items()}
+    if policy.crelu:
+        weights["crelu"] = np.asarray(True)
     frozen = policy.head_correction
     if frozen is not None:
         weights["frozen.layers"] = np.asarray(frozen.layers)
