@@ -13,7 +13,7 @@ Methods run at their defaults (`lop_ray.experiments.learner`); the reset methods
 amortised over `--steps` steps (layer resets every 100 steps here, so that it is in the window);
 plasticity injection injects once at the warm-up step, so the window is its steady cost, with a
 one-layer head (`injection`) and a two-layer one (`injection_h2`; `-` where the network's plain
-head is one layer).
+head is one layer). `layer_norm` and `crelu` are the network options, with plain backprop.
 Samples of every method are interleaved, so load changes hit them alike; the median is reported.
 
     .venv/bin/python bench/method_costs.py [--problems regression mnist imagenet cifar] [--steps 200]
@@ -62,6 +62,9 @@ METHODS: dict[str, dict] = {
         "algorithm": "plasticity_injection",
         "method": InjectionConfig(1, head_layers=2, max_injections=1),
     },
+    # network options (MLPs and the conv net; `-` on ResNet-18, which has neither)
+    "layer_norm": {"network": {"layer_norm": True}},
+    "crelu": {"network": {"crelu": True}},
 }
 
 
@@ -92,25 +95,27 @@ def problems(mnist_width: int, cifar_width: int) -> dict[str, tuple[Callable, Ca
 
     return {
         "regression": (
-            lambda: initial_mlp([20, 5, 1], "relu", range(100)),
+            lambda **options: initial_mlp([20, 5, 1], "relu", range(100), **options),
             regression_batch,
             per_seed_mse,
             100,
         ),
         "mnist": (
-            lambda: initial_mlp([784, mnist_width, mnist_width, mnist_width, 10], "relu", [0]),
+            lambda **options: initial_mlp(
+                [784, mnist_width, mnist_width, mnist_width, 10], "relu", [0], **options
+            ),
             mnist_batch,
             per_seed_cross_entropy,
             1,
         ),
         "imagenet": (
-            lambda: ConvNet(2, generators=_generators(1)),
+            lambda **options: ConvNet(2, generators=_generators(1), **options),
             image_batch(100, 2),
             per_seed_cross_entropy,
             1,
         ),
         "cifar": (
-            lambda: CifarResNet18(100, cifar_width, _generators(1)),
+            lambda **options: CifarResNet18(100, cifar_width, _generators(1), **options),
             image_batch(90, 100),
             per_seed_cross_entropy,
             1,
@@ -124,12 +129,13 @@ def measure(problem: tuple, steps: int, repeats: int) -> dict[str, float]:
     batches = [make_batch(step) for step in range(steps)]
     learners = {}
     for name, settings in METHODS.items():
-        net = make_net()
+        settings = dict(settings)
         try:
+            net = make_net(**settings.pop("network", {}))
             learner, _ = build_learner(
                 net, LearnerSettings(**{"step_size": 0.01, **settings}), range(seeds), "cpu", loss_fn
             )
-        except ValueError as error:  # a method this network cannot take (a head deeper than its own)
+        except (ValueError, TypeError) as error:  # a method or option this network does not take
             print(f"{name} on this network: {error}", file=sys.stderr)
             continue
         learner.learn(*batches[0])  # warm up (lazy state, first-call dispatch)

@@ -19,6 +19,7 @@ import time
 import torch
 
 from lop_ray.algos.cbp import CBPConfig
+from lop_ray.algos.injection import InjectionConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.parseval import ParsevalConfig
 from lop_ray.algos.redo import ReDoConfig
@@ -36,6 +37,10 @@ METHODS = {
     "layer_reset (last layer)": {"method": LayerResetConfig(reset_period=40, layers=1)},
     "parseval": {"method": ParsevalConfig(parseval_strength=1e-3)},
     "snr": {"method": SNRConfig(init="lecun")},
+    # injected at the first minibatch step: the window is its steady cost (the runners' acting aside)
+    "injection (2-layer head)": {"method": InjectionConfig(1, head_layers=2, max_injections=1)},
+    "layer_norm (network)": {"layer_norm": True},
+    "crelu (network)": {"crelu": True},
 }
 
 

@@ -23,6 +23,7 @@ from lop_ray.algos.injection import InjectionConfig
 from lop_ray.algos.layer_reset import LayerResetConfig
 from lop_ray.algos.optim import make_optimizer
 from lop_ray.algos.parseval import ParsevalConfig
+from lop_ray.algos.redo import ReDoConfig
 from lop_ray.algos.snr import SNRConfig
 from lop_ray.algos.upgd import UPGDConfig
 from lop_ray.data.cifar100 import read_cifar100
@@ -453,6 +454,7 @@ def _tiny(algorithm: str = "bp", fidelity: str = "original", **overrides) -> Inc
             "parseval": ParsevalConfig(parseval_strength=0.01),
             "snr": SNRConfig(rejection_percentile=0.9, init="kaiming"),
             "plasticity_injection": InjectionConfig(injection_period=3),
+            "redo": ReDoConfig(threshold=0.9, reset_period=2, init="kaiming"),  # BN evens the units out
         }.get(algorithm),
     )
     settings = dict(
@@ -552,6 +554,7 @@ BATCHED += [
     ("upgd", "corrected"),
     ("snr", "corrected"),
     ("plasticity_injection", "corrected"),
+    ("redo", "corrected"),
 ]
 
 
@@ -572,7 +575,7 @@ def test_each_seed_of_a_batch_runs_exactly_as_it_runs_alone(splits, algorithm, f
         assert [row[s] for row in rows] == [alone.run_step()[0] for _ in range(4)], seed
         for name, view in alone.state_views.items():
             assert torch.equal(batch.state_views[name].of()[s], view.of()[0]), (seed, name)
-    if algorithm in ("cbp", "layer_reset"):
+    if algorithm in ("cbp", "layer_reset", "redo"):
         assert all(rows[-1][s]["replaced_units"] > 0 for s in range(2))
 
 

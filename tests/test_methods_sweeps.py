@@ -14,6 +14,7 @@ import torch
 from lop_ray.data.shards import load_dataset, prepare_dataset
 from lop_ray.experiments import continual_imagenet, permuted_mnist, regression
 from lop_ray.schema import load_sweep
+from tests.cifar_files import write_cifar100
 from tests.imagenet32_files import write_class_files
 from tests.mnist_files import write_mnist
 
@@ -41,6 +42,8 @@ def submit_directory(tmp_path_factory):
     prepare_dataset("mnist", write_mnist(root / "raw", train=40, test=10), root / "data" / "mnist")
     write_class_files(root / "raw_imagenet32", classes=4)
     prepare_dataset("imagenet32", root / "raw_imagenet32", root / "data" / "imagenet32")
+    write_cifar100(root / "raw_cifar", num_classes=100, train_per_class=3, test_per_class=1)
+    prepare_dataset("cifar100", root / "raw_cifar", root / "data" / "cifar100")
     return root
 
 
@@ -125,6 +128,25 @@ def test_every_method_of_the_imagenet_files_runs(name, labels, submit_directory,
         trial["problem_settings"].update(epochs_per_task=2, batch_size=12, train_images_per_class=12)
         config = continual_imagenet.config_from_trial(trial)
         experiment = continual_imagenet.ContinualImageNetExperiment(config, [0, 1], train, test)
+        _finite_with_plasticity(experiment.run_step() + experiment.run_step(), name)
+
+
+def test_every_method_of_the_cifar_file_runs(submit_directory, monkeypatch, one_torch_thread):
+    """sweeps/methods/cifar.yaml, shrunk: ResNet-18 of base width 4, blocks of 2 classes of 2
+    training images, one epoch each; two blocks, so that the class increment's resets run too."""
+    from lop_ray.experiments import incremental_cifar
+
+    trials = _one_trial_per_algorithm(METHODS / "cifar.yaml", submit_directory, monkeypatch)
+    assert set(trials) == (EVERY_METHOD - {"l2"}) | {"retrained_network"}
+    root = str(submit_directory / "data" / "cifar100")
+    train, test = load_dataset("cifar100", root, "train"), load_dataset("cifar100", root, "test")
+    for name, trial in trials.items():
+        trial["network"]["width"] = 4
+        trial["problem_settings"].update(
+            classes_per_block=2, epochs_per_block=1, validation_per_class=1, probe_examples=4
+        )
+        config = incremental_cifar.config_from_trial(trial)
+        experiment = incremental_cifar.IncrementalCifarExperiment(config, [0, 1], train, test)
         _finite_with_plasticity(experiment.run_step() + experiment.run_step(), name)
 
 

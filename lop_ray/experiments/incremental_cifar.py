@@ -56,6 +56,7 @@ ALGORITHMS = (
     "parseval",
     "upgd",
     "snr",
+    "redo",
     "plasticity_injection",
 )
 # the step size drops by `step_size_decay` at these fractions of a block (epochs 60, 120, 160 of 200)

@@ -121,6 +121,21 @@ class UPGD(Strict):
     sigma: Real = Field(0.001, ge=0)
 
 
+class ReDo(CifarSGD):
+    """ReDo (Sokar et al. 2023, docs/methods.md) of the ResNet's conv units: every `reset_period`
+    minibatch steps the units whose normalised mean |activation| is at most `threshold` restart
+    (incoming weights redrawn, outgoing zeroed, their batch norm's γ = 1, β = 0 and statistics fresh)."""
+
+    threshold: Real = Field(0.1, ge=0)
+    reset_period: Count = Field(1000, ge=1)
+    init: InitScheme = "kaiming"
+    reset_optimizer_state: bool
+
+    fidelity_options: ClassVar[dict[str, dict[str, Any]]] = {
+        "reset_optimizer_state": {"original": False, "corrected": True},
+    }
+
+
 class SelfNormalizedResets(CifarSGD):
     """Self-normalised resets (Farias & Jozefiak 2024, docs/methods.md) of the ResNet's conv units."""
 
@@ -172,6 +187,7 @@ INCREMENTAL_CIFAR = ProblemSpec(
         "parseval": Parseval,
         "upgd": UPGD,
         "snr": SelfNormalizedResets,
+        "redo": ReDo,
         "plasticity_injection": PlasticityInjection,
     },
     steps_for=lambda settings, num_tasks: num_tasks * settings.epochs_per_block,  # one step = one epoch
