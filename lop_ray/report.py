@@ -185,6 +185,16 @@ def draw_lines(
         ax.fill_between(agg.x, low, high, alpha=0.25, color=handle.get_color())
 
 
+def spans_decades(aggregates: list[Aggregate], decades: float = 2.0) -> bool:
+    """Whether the lines' typical levels (each line's median) lie more than `decades` powers of ten
+    apart, all of them positive: the case a log axis shows and a linear one hides (a diverging
+    hyper-parameter beside the rest)."""
+    levels = [float(np.median(agg.mean)) for agg in aggregates if len(agg.mean)]
+    if len(levels) < 2 or not all(np.all(agg.mean > 0) for agg in aggregates):
+        return False
+    return max(levels) / min(levels) > 10.0**decades
+
+
 def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
     import matplotlib
 
@@ -194,6 +204,9 @@ def plot(aggregates: list[Aggregate], path: str | Path, title: str, xlabel: str,
     fig, ax = plt.subplots(figsize=(7, 4.2))
     draw_lines(ax, aggregates)
     ax.set_xlabel(xlabel)
+    if spans_decades(aggregates):  # one diverging line would flatten the others on a linear axis
+        ax.set_yscale("log")
+        ylabel += " (log scale)"
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)

@@ -72,3 +72,22 @@ def test_headline_figure_falls_back_to_steps_for_short_runs(tmp_path):
     path, aggregates = report.headline_figure(records, "slowly_changing_regression", "t", results)
     assert path == results / "squared_error.png" and path.stat().st_size > 1000
     assert list(aggregates[0].mean) == [1.0, 2.0, 3.0]
+
+
+def _line(name: str, mean: list[float]) -> report.Aggregate:
+    values = np.asarray(mean)
+    return report.Aggregate(name, np.arange(1, len(values) + 1), values, 0 * values, 1, values[None])
+
+
+def test_a_line_decades_above_the_rest_puts_the_error_axis_on_a_log_scale(tmp_path):
+    diverging = [_line("snp 0.1", [50.0, 2000.0, 6000.0]), _line("snp 1e-4", [0.8, 0.9, 1.1])]
+    close = [_line("bp 0.01", [0.8, 0.9, 1.1]), _line("bp 0.001", [5.0, 7.0, 9.0])]
+    assert report.spans_decades(diverging) and not report.spans_decades(close)
+    assert not report.spans_decades([_line("a", [0.0, 1.0]), _line("b", [500.0, 600.0])])  # a zero
+    import matplotlib.image
+
+    for name, lines in (("log", diverging), ("linear", close)):
+        path = report.plot(lines, tmp_path / f"{name}.png", name, "examples", "online squared error")
+        assert matplotlib.image.imread(path).shape[2] == 4
+    assert "(log scale)" in (tmp_path / "log.svg").read_text()
+    assert "(log scale)" not in (tmp_path / "linear.svg").read_text()
