@@ -25,6 +25,7 @@ quickstart-digits: $(STAMP)
 # the paper's 46 regression files at the paper's scale, one Ray session, a figure per file
 paper-regression: $(STAMP)
 	$(BIN)/lop-ray sweep sweeps/regression/*/*.yaml --storage results/paper-regression
+	$(BIN)/lop-ray report --panels results/paper-regression/*/
 
 lint: $(STAMP)
 	$(BIN)/ruff check lop_ray tests bench

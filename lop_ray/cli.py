@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a sweep's results directory (<storage>/<name>); several: drawn together",
     )
     report.add_argument("--out", help="where the figures go (default: the results directory)")
+    report.add_argument(
+        "--panels",
+        action="store_true",
+        help="one panel per results directory (its headline curves), all in OUT/panels.png: a suite "
+        "of sweeps side by side (default OUT: the directories' common parent)",
+    )
     report.add_argument("--export", metavar="OUT_DIR", help="also write OUT_DIR/curves.csv")
     report.add_argument(
         "--figure",
@@ -85,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.dir, args.backend_store_uri, args.artifact_root, args.host, args.port, args.workers)
     try:
         if args.command == "report":
+            if args.panels:
+                return _panels(args.results_dir, args.out)
             return _report(args.results_dir, args.out, args.export, args.figure)
         if args.command == "status":
             from lop_ray.status import print_status
@@ -211,6 +219,26 @@ def _report(results_dirs: list[str], out: str | None, export: str | None, names:
     _log_figures([r.tracking for r in sweep_records], written)
     if export:
         print(f"curves: {report.export_curves(records, export)}")
+    return 0
+
+
+def _panels(results_dirs: list[str], out: str | None) -> int:
+    import os
+    from pathlib import Path
+
+    from lop_ray import report
+
+    if out is None and any("://" in d for d in results_dirs):
+        print("--panels of remote results needs --out (a local directory)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out_dir = Path(out) if out else Path(os.path.commonpath([os.path.abspath(d) for d in results_dirs]))
+    if len(results_dirs) == 1 and out is None:
+        out_dir = Path(results_dirs[0])
+    path = report.panels_figure(results_dirs, out_dir / "panels.png")
+    if path is None:
+        print(f"{', '.join(results_dirs)}: no trial has logged a step yet", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"figure: {path} and {path.with_suffix('.svg')}")
     return 0
 
 

@@ -237,6 +237,53 @@ def headline_figure(
     return path, aggregates
 
 
+def panels_figure(sweeps: list[str | Path | SweepRecord], path: str | Path, columns: int = 6) -> Path | None:
+    """Several sweeps side by side, one panel each with its headline curves (a whole suite of files,
+    e.g. the paper's 46 regression files, in one picture); a panel whose lines lie decades apart is
+    drawn on a log scale. Sweeps with no step logged yet are left out; None if none has any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for sweep in sweeps:
+        record = sweep if isinstance(sweep, SweepRecord) else read_sweep_record(sweep)
+        records = load_trial_records(record)
+        if not records:
+            continue
+        spec = HEADLINE[records[0].trial["problem"]]
+        aggregates = aggregate(records, spec["metric"], spec["x"], spec["bin_x"])
+        if any(len(agg.x) for agg in aggregates):
+            panels.append((record.sweep.name, spec, aggregates))
+    if not panels:
+        return None
+    rows = -(-len(panels) // columns)
+    width = min(columns, len(panels))
+    fig, axes = plt.subplots(rows, width, figsize=(3.3 * width, 2.5 * rows), squeeze=False)
+    for ax, (name, _, aggregates) in zip(axes.flat, panels, strict=False):
+        draw_lines(ax, aggregates)
+        if spans_decades(aggregates):
+            ax.set_yscale("log")
+        ax.set_title(name + (" (log)" if ax.get_yscale() == "log" else ""), fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.xaxis.get_offset_text().set_fontsize(6)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=4.5, loc="best")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    spec = panels[0][1]
+    fig.supxlabel(spec["xlabel"], fontsize=9)
+    fig.supylabel(spec["ylabel"], fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
+    return path
+
+
 # what `export_curves` writes per problem: (metric, x key, bin width in x units), spec/metrics.md
 EXPORTED_METRICS = {
     "slowly_changing_regression": [("squared_error", "examples", 20_000)],

@@ -143,8 +143,10 @@ def test_where_envs_step_changes_nothing():
         assert all(_same(a, b) for a, b in zip(got[0], reference[0], strict=True)), layout
 
 
-def test_a_batch_resumes_bit_identically():
-    config = CONFIGS["cbp-ant-original"]
+@pytest.mark.parametrize("name", ["cbp-ant-original", "plasticity-injection"])
+def test_a_batch_resumes_bit_identically(name):
+    """Plasticity injection's frozen heads, installed in the nets, come back with the checkpoint."""
+    config = CONFIGS[name]
     seeds = [1, 2]
     straight = PPOExperiment(config, seeds=seeds)
     expected = [straight.run_step(), straight.run_step()]

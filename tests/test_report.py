@@ -91,3 +91,28 @@ def test_a_line_decades_above_the_rest_puts_the_error_axis_on_a_log_scale(tmp_pa
         assert matplotlib.image.imread(path).shape[2] == 4
     assert "(log scale)" in (tmp_path / "log.svg").read_text()
     assert "(log scale)" not in (tmp_path / "linear.svg").read_text()
+
+
+def test_report_panels_draws_one_panel_per_sweep_through_the_cli(tmp_path, capsys):
+    """`lop-ray report --panels A B C`: the suite view; a sweep that logged nothing is left out."""
+    from lop_ray.cli import main
+
+    def rows_of(trial):
+        return _rows([1.0, 2.0, 3.0, 4.0], per_step=5000)
+
+    first = logged_sweep(tmp_path / "suite" / "a", SWEEP.format(per_step=5000), rows_of)
+    second = logged_sweep(
+        tmp_path / "suite" / "b", SWEEP.format(per_step=5000).replace("name: s\n", "name: t\n"), rows_of
+    )
+    empty = logged_sweep(
+        tmp_path / "suite" / "c",
+        SWEEP.format(per_step=5000).replace("name: s\n", "name: u\n"),
+        lambda t: None,
+    )
+    assert main(["report", "--panels", str(first), str(second), str(empty)]) == 0
+    sheet = tmp_path / "suite" / "panels.png"
+    assert sheet.stat().st_size > 1000 and f"figure: {sheet}" in capsys.readouterr().out
+    svg = sheet.with_suffix(".svg").read_text()
+    assert ">s<" not in svg  # titles are glyph paths; their text is kept as comments
+    assert "<!-- s -->" in svg and "<!-- t -->" in svg and "<!-- u -->" not in svg
+    assert main(["report", "--panels", str(empty)]) == 2
