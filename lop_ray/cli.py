@@ -232,8 +232,6 @@ def _panels(results_dirs: list[str], out: str | None) -> int:
         print("--panels of remote results needs --out (a local directory)", file=sys.stderr)
         return EXIT_BAD_INPUT
     out_dir = Path(out) if out else Path(os.path.commonpath([os.path.abspath(d) for d in results_dirs]))
-    if len(results_dirs) == 1 and out is None:
-        out_dir = Path(results_dirs[0])
     path = report.panels_figure(results_dirs, out_dir / "panels.png")
     if path is None:
         print(f"{', '.join(results_dirs)}: no trial has logged a step yet", file=sys.stderr)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from lop_ray.algos.optim import per_element_state
+from lop_ray.nets.seed_linear import seed_linear
 from lop_ray.nets.units import UnitNetwork
 
 Head = list[tuple[torch.Tensor, torch.Tensor]]  # (weight (S, out, in), bias (S, out)) per layer
@@ -48,14 +49,6 @@ class InjectionConfig:
             raise ValueError(f"head_layers must be >= 1, got {self.head_layers}")
         if self.max_injections < 0:
             raise ValueError(f"max_injections must be >= 0 (0: no limit), got {self.max_injections}")
-
-
-def seed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (S, batch, in) through each seed's own layer. One output as a broadcast product summed over
-    the inputs: a batched product with one output column takes a path whose sums depend on S."""
-    if weight.shape[1] == 1:
-        return (x * weight).sum(dim=-1, keepdim=True) + bias.unsqueeze(1)
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
 def head_output(

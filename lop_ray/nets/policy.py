@@ -22,7 +22,7 @@ from torch import nn
 from lop_ray.nets.activations import crelu, make_activation
 from lop_ray.nets.layer_norm import SeedLayerNorm
 from lop_ray.nets.seed_elementwise import per_seed_elementwise
-from lop_ray.nets.seed_linear import SeedLinear
+from lop_ray.nets.seed_linear import SeedLinear, seed_linear
 from lop_ray.nets.units import (
     SeedView,
     UnitGroup,
@@ -87,7 +87,10 @@ class LecunMLP(UnitNetwork):
                 z = self.norms[index](z)
             x = crelu(z) if self.crelu else self.activation(z)
             activations.append(x)
-        return self._with_head_correction(_output(self.layers[-1], x), [*layer_inputs, x]), activations
+        output = self.layers[-1]
+        return self._with_head_correction(
+            seed_linear(x, output.weight, output.bias), [*layer_inputs, x]
+        ), activations
 
     def injectable_layers(self) -> int:
         return 1 if self.norms is not None or self.crelu else len(self.layers)
@@ -118,14 +121,6 @@ class LecunMLP(UnitNetwork):
     def weight_matrices(self) -> list[torch.Tensor]:
         """Each layer's (S, out, in) weights."""
         return [layer.weight for layer in self.layers]
-
-
-def _output(layer: SeedLinear, x: torch.Tensor) -> torch.Tensor:
-    """The output layer. A one-wide output (the value) as a broadcast product summed over its inputs:
-    a batched matrix product with one output column takes a path whose sums depend on S."""
-    if layer.out_features == 1:
-        return (x * layer.weight).sum(dim=-1, keepdim=True) + layer.bias.unsqueeze(1)
-    return layer(x)
 
 
 def _lecun_draw(shape: torch.Size, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:

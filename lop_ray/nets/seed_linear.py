@@ -11,6 +11,15 @@ from torch import nn
 from lop_ray.nets.units import SeedView
 
 
+def seed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x (S, batch, in) through each seed's (out, in) weight and (out,) bias. One output as a
+    broadcast product summed over the inputs: a batched matrix product with one output column takes
+    a path whose sums depend on S."""
+    if weight.shape[1] == 1:
+        return (x * weight).sum(dim=-1, keepdim=True) + bias.unsqueeze(1)
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
 class SeedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """From each seed's weights and biases, stacked: (S, out, in) and (S, out)."""

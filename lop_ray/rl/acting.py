@@ -45,51 +45,27 @@ class ActingPolicy:
         count = len([key for key in state if key.startswith("layers.") and key.endswith(".weight")])
         seeds = state["layers.0.weight"].shape[0]
         index = np.arange(seeds) if rows is None else np.asarray(rows, dtype=np.int64)
-        self.weights = [
-            np.ascontiguousarray(
-                np.asarray(state[f"layers.{i}.weight"], np.float32)[index].transpose(0, 2, 1)
-            )
-            for i in range(count)
-        ]
-        self.biases = [
-            np.asarray(state[f"layers.{i}.bias"], np.float32)[index][:, None, :] for i in range(count)
-        ]
+        self.weights, self.biases = _layers(state, "layers", count, index)
         self.log_std = np.asarray(state["log_std"], dtype=np.float32)[index]
         self.crelu = bool(state.get("crelu", False))
-        self.norms = [  # layer normalisation's gain and bias of each hidden layer, if the policy has it
-            tuple(
-                np.asarray(state[f"norms.{i}.{part}"], np.float32)[index][:, None, :]
-                for part in ("weight", "bias")
-            )
+        # layer normalisation's gain and bias of each hidden layer, if the policy has it
+        self.norms = [
+            (_vector(state, f"norms.{i}.weight", index), _vector(state, f"norms.{i}.bias", index))
             for i in range(count - 1)
             if f"norms.{i}.weight" in state
         ]
+        # plasticity injection's frozen heads: [(old, initial or None)], each as `weights`, `biases`
         self.frozen_layers = int(state.get("frozen.layers", 0))
-        self.frozen = []  # plasticity injection's frozen heads: [(old, initial or None)], as the layers
-        injection = 0
-        while f"frozen.{injection}.old.0.weight" in state:
-            pair = []
-            for part in ("old", "initial"):
-                if f"frozen.{injection}.{part}.0.weight" not in state:
-                    pair.append(None)
-                    continue
-                pair.append(
-                    [
-                        (
-                            np.ascontiguousarray(
-                                np.asarray(state[f"frozen.{injection}.{part}.{i}.weight"], np.float32)[
-                                    index
-                                ].transpose(0, 2, 1)
-                            ),
-                            np.asarray(state[f"frozen.{injection}.{part}.{i}.bias"], np.float32)[index][
-                                :, None, :
-                            ],
-                        )
-                        for i in range(self.frozen_layers)
-                    ]
+        self.frozen = []
+        while f"frozen.{len(self.frozen)}.old.0.weight" in state:
+            prefix = f"frozen.{len(self.frozen)}"
+            old = list(zip(*_layers(state, f"{prefix}.old", self.frozen_layers, index), strict=True))
+            initial = None
+            if f"{prefix}.initial.0.weight" in state:
+                initial = list(
+                    zip(*_layers(state, f"{prefix}.initial", self.frozen_layers, index), strict=True)
                 )
-            self.frozen.append(tuple(pair))
-            injection += 1
+            self.frozen.append((old, initial))
         # row by row: numpy's exp computes an array's last few elements apart from the rest
         self.std = np.stack([np.exp(row) for row in self.log_std])
 
@@ -101,30 +77,25 @@ class ActingPolicy:
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             if self.frozen and index == len(self.weights) - self.frozen_layers:
                 head_input = h
-            if index == last:
-                h = self._layer(h, weight, bias, False)
-                break
             h = np.matmul(h, weight)
             h += bias
-            if self.norms:
-                h = _layer_norm(h, *self.norms[index])
-            h = _crelu(h) if self.crelu else self.activation(h)
+            if index < last:
+                if self.norms:
+                    h = _layer_norm(h, *self.norms[index])
+                h = _crelu(h) if self.crelu else self.activation(h)
         for old, initial in self.frozen:  # the frozen heads' terms, as the learner adds them
             h += self._head(old, head_input)
             if initial is not None:
                 h -= self._head(initial, head_input)
         return h[:, 0, :]
 
-    def _layer(self, h: np.ndarray, weight: np.ndarray, bias: np.ndarray, hidden: bool) -> np.ndarray:
-        h = np.matmul(h, weight)
-        h += bias
-        if hidden:
-            self.activation(h)
-        return h
-
     def _head(self, layers: list[tuple[np.ndarray, np.ndarray]], h: np.ndarray) -> np.ndarray:
+        """A frozen head: a plain stack (a policy with norms or CReLU injects its output layer only)."""
         for index, (weight, bias) in enumerate(layers):
-            h = self._layer(h, weight, bias, index < len(layers) - 1)
+            h = np.matmul(h, weight)
+            h += bias
+            if index < len(layers) - 1:
+                self.activation(h)
         return h
 
     def act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +105,25 @@ class ActingPolicy:
         actions = mean + self.std * noise
         log_probs = (-0.5 * np.square(noise) - self.log_std - _HALF_LOG_2PI).sum(axis=-1)
         return actions.astype(np.float32), log_probs.astype(np.float32)
+
+
+def _layers(
+    state: dict[str, np.ndarray], prefix: str, count: int, index: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`prefix`.i.weight (S, out, in) and `prefix`.i.bias (S, out) of layers i < count, each row the
+    seed `index` names: weights (rows, in, out), contiguous for the row-by-row products, and biases
+    (rows, 1, out)."""
+    weights = [
+        np.ascontiguousarray(np.asarray(state[f"{prefix}.{i}.weight"], np.float32)[index].transpose(0, 2, 1))
+        for i in range(count)
+    ]
+    biases = [_vector(state, f"{prefix}.{i}.bias", index) for i in range(count)]
+    return weights, biases
+
+
+def _vector(state: dict[str, np.ndarray], key: str, index: np.ndarray) -> np.ndarray:
+    """A per-seed vector (S, n) as (rows, 1, n), each row the seed `index` names."""
+    return np.asarray(state[key], np.float32)[index][:, None, :]
 
 
 def _layer_norm(h: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
