@@ -2,6 +2,9 @@
 measured side by side in one run: the check that no problem got slower when the single-seed
 learners were replaced by the one implementation with a seed axis (issue 14).
 
+A baseline from issue 14 on has this tree's API; the workloads then build both trees' learners the
+same way (the regression suite's kinds at S = 100 compare kernel changes).
+
 The earlier commit is checked out into a temporary git worktree and each measurement runs in a
 fresh process on one CPU thread, first with that tree's code, then with this one's, alternating
 `--repeats` times (best of each kept: a shared machine's noise only slows a run down). Each
@@ -37,6 +40,13 @@ LEARNERS = {
     "cbp": LearnerSettings(algorithm="cbp", step_size=0.01,
         cbp=CBPConfig(replacement_rate=1e-4, maturity_threshold=100, util_type="adaptable_contribution")),
     "bp_momentum": LearnerSettings(step_size=0.01, momentum=0.9),
+    # the regression suite's other kinds (sweeps/regression/, sweeps/fidelity/regression_*.yaml)
+    "l2": LearnerSettings(step_size=0.01, weight_decay=1e-3),
+    "snp": LearnerSettings(algorithm="snp", step_size=0.01, weight_decay=1e-2, perturb_scale=1e-4),
+    "adam": LearnerSettings(optimizer="adam", step_size=1e-3),
+    "adam_l2": LearnerSettings(optimizer="adam", step_size=1e-3, weight_decay=1e-3),
+    "adam_snp": LearnerSettings(algorithm="snp", optimizer="adam", step_size=1e-3, weight_decay=1e-3,
+        perturb_scale=1e-4),
     # permuted MNIST's (sweeps/permuted_mnist/)
     "mnist_sgd": LearnerSettings(step_size=0.003),
     "mnist_adam": LearnerSettings(optimizer="adam", step_size=1e-4),
@@ -131,6 +141,10 @@ WORKLOADS = [
     ("regression", "cbp, S = 1", REGRESSION, dict(ALGORITHM="cbp", SEEDS=1), "seed-steps/s"),
     ("regression", "bp, S = 100", REGRESSION, dict(ALGORITHM="bp", SEEDS=100), "seed-steps/s"),
     ("regression", "cbp, S = 100", REGRESSION, dict(ALGORITHM="cbp", SEEDS=100), "seed-steps/s"),
+    *(
+        ("regression", f"{name}, S = 100", REGRESSION, dict(ALGORITHM=name, SEEDS=100), "seed-steps/s")
+        for name in ("l2", "snp", "adam", "adam_l2", "adam_snp")
+    ),
     (
         "permuted_mnist",
         "bp 2000 × 3, S = 1",
@@ -214,6 +228,8 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
+        # a baseline from before issue 14 has the single-seed classes beside the batched ones
+        old_api = (baseline / "lop_ray/experiments/seed_batched_regression.py").exists()
         try:
             print(f"baseline {args.baseline} against this tree, one CPU thread, best of {args.repeats}")
             print(f"{'problem':20}{'workload':36}{'baseline':>14}{'this tree':>14}{'ratio':>8}  unit")
@@ -224,7 +240,7 @@ def main() -> None:
                     continue
                 before, after = [], []
                 for _ in range(args.repeats):
-                    before.append(measure(baseline, True, code, values))
+                    before.append(measure(baseline, old_api, code, values))
                     after.append(measure(REPO, False, code, values))
                 old = max((r for r in before if r is not None), default=None)
                 new = max((r for r in after if r is not None), default=None)

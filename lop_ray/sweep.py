@@ -157,6 +157,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> SweepOutcome:
             max_concurrent_trials=sweep.max_concurrent_trials,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,  # a finished trial's actor runs the next (LopTrainable.reset_config)
         ),
         run_config=tune.RunConfig(
             name=sweep.name,

@@ -137,11 +137,15 @@ def test_regression_file_runs_at_the_papers_scale(rel: str, loaded):
     # every grid point is run on every seed
     points = {repr(sorted(t["hyperparameters"].items())) for t in sweep.trials}
     assert len(sweep.trials) == 100 * len(points)
-    # and its 100 seeds are one Tune trial: one seed-batched learner on the file's one CPU
-    assert document["seeds_per_trial"] == 100 == sweep.seeds_per_trial
-    assert all(t["seeds_per_trial"] == 100 for t in sweep.trials)
-    assert [len(group) for group in sweep.groups] == [100] * len(points)
-    assert all([t["seed"] for t in group] == list(range(100)) for group in sweep.groups)
+    # and its 100 seeds are two Tune trials of 50 (an even count: no core idles at the file's end),
+    # each one seed-batched learner on one CPU
+    assert document["seeds_per_trial"] == 50 == sweep.seeds_per_trial
+    assert all(t["seeds_per_trial"] == 50 for t in sweep.trials)
+    assert [len(group) for group in sweep.groups] == [50] * 2 * len(points)
+    assert sorted(t["seed"] for group in sweep.groups for t in group) == sorted(
+        list(range(100)) * len(points)
+    )
+    assert all(len({t["seed"] for t in group}) == 50 for group in sweep.groups)
 
 
 def _grid(sweep: Sweep, key: str) -> set:
@@ -278,9 +282,9 @@ def _check(path: Path, capsys) -> str:
 @pytest.mark.parametrize(
     "rel, count",
     [
-        ("regression/sgd/relu.yaml", "300 trials × 100 steps in 3 Tune trials × 100 seeds"),
-        ("regression/sgd/linear.yaml", "100 trials × 100 steps in 1 Tune trial × 100 seeds"),
-        ("regression/sgd/cbp_relu.yaml", "1000 trials × 100 steps in 10 Tune trials × 100 seeds"),
+        ("regression/sgd/relu.yaml", "300 trials × 100 steps in 6 Tune trials × 50 seeds"),
+        ("regression/sgd/linear.yaml", "100 trials × 100 steps in 2 Tune trials × 50 seeds"),
+        ("regression/sgd/cbp_relu.yaml", "1000 trials × 100 steps in 20 Tune trials × 50 seeds"),
         ("permuted_mnist/bp.yaml", "90 trials × 800 steps in 3 Tune trials × 30 seeds"),
         ("permuted_mnist/bp_width.yaml", "90 trials × 150 steps in 9 Tune trials × 10 seeds"),
         ("permuted_mnist/bp_small_net.yaml", "1 trial × 800 steps"),
@@ -294,10 +298,10 @@ def test_check_counts_tune_trials_and_their_seeds(rel: str, count: str, capsys):
 @pytest.mark.parametrize(
     "edit, count",
     [
-        # a short last Tune trial per grid point: 250 seeds in groups of 100
-        (("count: 100}", "count: 250}"), "750 trials × 100 steps in 9 Tune trials: 6 × 100 seeds + 3 × 50"),
+        # a short last Tune trial per grid point: 120 seeds in groups of 50
+        (("count: 100}", "count: 120}"), "360 trials × 100 steps in 9 Tune trials: 6 × 50 seeds + 3 × 20"),
         # one seed per Tune trial: the count as it always was
-        (("seeds_per_trial: 100", "seeds_per_trial: 1"), "300 trials × 100 steps"),
+        (("seeds_per_trial: 50", "seeds_per_trial: 1"), "300 trials × 100 steps"),
     ],
     ids=["short-last-trial", "one-seed-per-trial"],
 )

@@ -320,27 +320,26 @@ def test_block_drawn_noise_is_a_function_of_seed_and_step_only():
 
 
 @pytest.mark.parametrize("seed", [0, 7])
-def test_compiled_normals_are_the_normal_draws_in_float32(seed):
-    """The compiled loops' Box–Muller (fdlibm's log and sin/cos as vectorisable loops) against
-    `normal` (PyTorch's float64 log and cos): after rounding to float32 the same values, but for
-    a rare one ulp where a float64 result sits on a float32 rounding boundary (none in 2M measured)."""
+def test_compiled_normals_are_pytorchs_float64_box_muller_in_float32(seed):
+    """The compiled loops' Box–Muller (fdlibm's log and sin/cos as vectorisable loops, what `normal`
+    computes on the CPU) against PyTorch's float64 log, cos and sin (what a GPU computes): after
+    rounding to float32 the same values, but for a rare one ulp where a float64 result sits on a
+    float32 rounding boundary (none in 2M measured). Several counters at once, as the regression
+    kernel and `CounterNoise` draw them, and an odd count (the last pair's sine unused)."""
     import numpy as np
 
-    from lop_ray.algos.counter_rng import compiled_normals, counter_base
+    from lop_ray.algos.counter_rng import _torch_normal
 
-    keys = seed_keys([seed])
-    count, step, stream = 200_000, 12, 1000
-    expected = normal(keys, step, stream, count)[0].numpy()
-    key = np.uint64(keys[0].item())
-    got = np.empty(count, np.float32)
-    compiled_normals(
-        counter_base(key, np.uint64(step), np.uint64(2 * stream)),
-        counter_base(key, np.uint64(step), np.uint64(2 * stream + 1)),
-        count,
-        got,
-        np.empty((3, count)),
-    )
+    keys = seed_keys([seed, seed + 1])
+    counters, stream, count = torch.tensor([12, 13, 500_000]), 1000, 33_333
+    got = normal(keys, counters, stream, count).numpy()
+    expected = _torch_normal(keys, counters, stream, count).to(torch.float32).numpy()
+    assert got.shape == (2, 3, count)
     differing = got != expected
     assert differing.sum() <= 2
     assert np.all(np.abs(got - expected)[differing] <= np.spacing(np.abs(expected))[differing])
     assert abs(got.std() - 1.0) < 0.01
+    half = (count + 1) // 2  # a pair's sine is the element half a row later: the same radius
+    radius = np.hypot(got[..., : count - half].astype(np.float64), got[..., half:].astype(np.float64))
+    u1 = uniform(keys, counters, 2 * stream, count - half, torch.float64).numpy()
+    np.testing.assert_allclose(radius, np.sqrt(-2.0 * np.log(u1)), rtol=1e-6)

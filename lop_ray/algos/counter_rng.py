@@ -100,26 +100,40 @@ _ONE_BITS = 1023 << 52
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def compiled_normals(
-    base1: np.uint64, base2: np.uint64, count: int, out: np.ndarray, scratch: np.ndarray
+def compiled_normal_rows(
+    key: np.uint64, counters: np.ndarray, stream: int, count: int, out: np.ndarray, scratch: np.ndarray
 ) -> None:
-    """`normal`'s float32 values of elements 0 … count − 1 for compiled loops: sqrt(−2 ln u1) ·
-    cos(2π u2), u1 and u2 those elements of the uniform draws whose `counter_base` are base1 and
-    base2, into `out`; `scratch` is (3, ≥ count) float64. libm's log and cos are scalar calls
-    (~25 ns a normal, all of shrink-and-perturb's cost in the regression kernel); these are
-    fdlibm's (musl's) log and sin/cos kernels, branch-free loops that LLVM vectorises, accurate to a
-    few float64 ulps (near a zero of the cosine, to ~1e-16 absolute): after rounding to float32 the
-    same values as PyTorch's `normal` (measured: 2M of 2M, tests/test_seed_batched.py)."""
-    w = scratch[0, :count]  # float64
+    """`normal`'s float32 values of one seed for several counters (rows of `out`, (≥ rows, count)):
+    row r is `normal(key, counters[r], stream, count)`. `scratch` is (5, ≥ rows · ⌈count/2⌉) float64.
+
+    Box–Muller gives two normals per pair of uniforms: pair e makes element e (r·cos θ) and, in the
+    row's second half, element ⌈count/2⌉ + e (r·sin θ). libm's log, sin and cos are scalar calls
+    (~25 ns a normal); these are fdlibm's (musl's) log and sin/cos kernels written as branch-free
+    loops that LLVM vectorises, accurate to a few float64 ulps, so after rounding to float32 the
+    values are those of PyTorch's float64 ops (`_torch_normal`, measured equal on 2M of 2M,
+    tests/test_seed_batched.py). Each transform loop runs over all rows' pairs at once: a row's
+    ~56 pairs alone would leave most of a vector loop to its scalar remainder."""
+    rows = counters.shape[0]
+    half = (count + 1) // 2
+    pairs = rows * half
+    w = scratch[0, :pairs]  # u1 · 2³², then its mantissa's bits
     bits = w.view(np.int64)
-    m = scratch[1, :count]
+    m = scratch[1, :pairs]
     mbits = m.view(np.int64)
-    for e in range(count):
-        w[e] = np.float64(np.int64(counter_element(base1, np.uint64(e)))) + 0.5  # u1 · 2³²
-    for e in range(count):
+    radius = scratch[2, :pairs]
+    angle = scratch[3, :pairs]  # u2
+    sines = scratch[4, :pairs]
+    for r in range(rows):
+        base1 = counter_base(key, np.uint64(counters[r]), np.uint64(2 * stream))
+        base2 = counter_base(key, np.uint64(counters[r]), np.uint64(2 * stream + 1))
+        row = r * half
+        for e in range(half):
+            w[row + e] = np.float64(np.int64(counter_element(base1, np.uint64(e)))) + 0.5
+        for e in range(half):
+            angle[row + e] = counter_uniform(base2, np.uint64(e))
+    for e in range(pairs):
         mbits[e] = (bits[e] & _MANTISSA) | _ONE_BITS  # mantissa in [1, 2)
-    radius = scratch[2, :count]
-    for e in range(count):
+    for e in range(pairs):  # −2 ln u1
         k = np.float64((bits[e] >> 52) - 1023 - 32)
         x = m[e]
         big = x > 2.0 * _SQRT_HALF
@@ -133,27 +147,49 @@ def compiled_normals(
         t1 = ww * (_LG[1] + ww * (_LG[3] + ww * _LG[5]))
         t2 = z * (_LG[0] + ww * (_LG[2] + ww * (_LG[4] + ww * _LG[6])))
         r = t2 + t1
-        log_u = k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
-        radius[e] = math.sqrt(-2.0 * log_u)
-    for e in range(count):
-        u = counter_uniform(base2, np.uint64(e))
-        a = abs(u - math.floor(u + 0.5))  # cos(2πu) = cos(2πa), a in [0, ½]
-        negate = a > 0.25
-        a = 0.5 - a if negate else a  # cos(2πa) = −cos(2π(½ − a))
-        use_sin = a > 0.125
-        c = 0.25 - a if use_sin else a  # cos(2πa) = sin(2π(¼ − a))
+        radius[e] = -2.0 * (k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f))
+    for e in range(pairs):  # its own loop: with the log's, it kept that loop scalar
+        radius[e] = math.sqrt(radius[e])
+    for e in range(pairs):
+        u = angle[e]
+        v = u - math.floor(u + 0.5)  # 2πu ≡ 2πv, v in [−½, ½]
+        a = abs(v)
+        negate_cosine = a > 0.25
+        b = 0.5 - a if negate_cosine else a  # cos(2πa) = −cos(2π(½ − a)), sin the same
+        swap = b > 0.125
+        c = 0.25 - b if swap else b  # cos(2πb) = sin(2π(¼ − b)) and the other way round
         x = _TWO_PI * c
         z = x * x
         ww = z * z
-        r = z * (_C[0] + z * (_C[1] + z * _C[2])) + ww * ww * (_C[3] + z * (_C[4] + z * _C[5]))
+        rc = z * (_C[0] + z * (_C[1] + z * _C[2])) + ww * ww * (_C[3] + z * (_C[4] + z * _C[5]))
         hz = 0.5 * z
         wc = 1.0 - hz
-        cosine = wc + (((1.0 - wc) - hz) + z * r)
+        cos_x = wc + (((1.0 - wc) - hz) + z * rc)
         rs = _S[1] + z * (_S[2] + z * _S[3]) + z * ww * (_S[4] + z * _S[5])
-        sine = x + z * x * (_S[0] + z * rs)
-        value = sine if use_sin else cosine
-        value = -value if negate else value
-        out[e] = np.float32(radius[e] * value)
+        sin_x = x + z * x * (_S[0] + z * rs)
+        cosine = sin_x if swap else cos_x
+        sine = cos_x if swap else sin_x
+        cosine = -cosine if negate_cosine else cosine
+        sine = -sine if v < 0.0 else sine
+        angle[e] = radius[e] * cosine
+        sines[e] = radius[e] * sine
+    rest = count - half
+    for r in range(rows):
+        row = r * half
+        for e in range(half):
+            out[r, e] = np.float32(angle[row + e])
+        for e in range(rest):
+            out[r, half + e] = np.float32(sines[row + e])
+
+
+@numba.njit(cache=True)
+def _compiled_normals(keys: np.ndarray, counters: np.ndarray, stream: int, out: np.ndarray) -> None:
+    """`normal` on the CPU for every seed, into `out` (S, K, count): the compiled loops' own values,
+    so that the regression kernel and the PyTorch learners draw the same normals bit for bit."""
+    count = out.shape[2]
+    scratch = np.empty((5, counters.shape[0] * ((count + 1) // 2)), dtype=np.float64)
+    for s in range(keys.shape[0]):
+        compiled_normal_rows(np.uint64(keys[s]), counters, stream, count, out[s], scratch)
 
 
 @numba.njit(cache=True)
@@ -195,11 +231,27 @@ def uniform(keys: torch.Tensor, counter, stream: int, count: int, dtype=torch.fl
 
 
 def normal(keys: torch.Tensor, counter, stream: int, count: int, dtype=torch.float32) -> torch.Tensor:
-    """(S, count) standard normals (Box–Muller over two independent uniform streams); (S, K, count)
-    for K counters."""
-    u1 = uniform(keys, counter, 2 * stream, count, torch.float64)
-    u2 = uniform(keys, counter, 2 * stream + 1, count, torch.float64)
-    return ((-2.0 * u1.log()).sqrt() * torch.cos(2.0 * math.pi * u2)).to(dtype)
+    """(S, count) standard normals; (S, K, count) for K counters. Box–Muller over two independent
+    uniform streams (2·stream, 2·stream + 1) of ⌈count/2⌉ pairs: pair e gives element e its
+    r·cos θ and element ⌈count/2⌉ + e its r·sin θ, so a draw costs half the hashes and logs of one
+    pair per value. The CPU computes them in the compiled loops (`compiled_normal_rows`), a GPU with
+    PyTorch's ops (`_torch_normal`): after rounding to float32 the same values."""
+    counters = torch.as_tensor(counter, device=keys.device)
+    if keys.device.type == "cpu" and dtype == torch.float32:
+        values = torch.empty((len(keys), counters.numel(), count), dtype=torch.float32)
+        _compiled_normals(keys.numpy(), counters.reshape(-1).numpy(), stream, values.numpy())
+        return values.reshape(len(keys), *counters.shape, count)
+    return _torch_normal(keys, counters, stream, count).to(dtype)
+
+
+def _torch_normal(keys: torch.Tensor, counter, stream: int, count: int) -> torch.Tensor:
+    """`normal` in float64 through PyTorch's log, cos and sin (any device)."""
+    half = (count + 1) // 2
+    u1 = uniform(keys, counter, 2 * stream, half, torch.float64)
+    u2 = uniform(keys, counter, 2 * stream + 1, half, torch.float64)
+    radius = (-2.0 * u1.log()).sqrt()
+    angle = 2.0 * math.pi * u2
+    return torch.cat([radius * torch.cos(angle), (radius * torch.sin(angle))[..., : count - half]], dim=-1)
 
 
 class CounterNoise:

@@ -11,10 +11,10 @@ views of them), so checkpoints, metrics and the plasticity probe do not know whi
 
 What is shared with the PyTorch path, so computed by the same code: the stream (`data.regression`'s
 compiled functions), CBP's unit statistics (`cbp_statistics_kernel.seed_unit_statistics`), the
-counter-based draws (`counter_rng`), and the order of the forward and backward sums
+counter-based draws (`counter_rng`, S&P's Gaussians included), and the order of the forward and backward sums
 (`nets.one_example_kernel`). What is written here again, and agrees with PyTorch's kernels to float32
-rounding: the optimizers' element-wise updates (PyTorch's vectorised kernels fuse some multiply-adds),
-the replacement, and S&P's Gaussian transform (tests/test_compiled_regression.py pins both paths).
+rounding: the optimizers' element-wise updates (PyTorch's vectorised kernels fuse some multiply-adds)
+and the replacement (tests/test_compiled_regression.py pins both paths).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import numba
 import numpy as np
 
 from lop_ray.algos.cbp_statistics_kernel import seed_unit_statistics
-from lop_ray.algos.counter_rng import compiled_normals, counter_base, counter_uniform
+from lop_ray.algos.counter_rng import compiled_normal_rows, counter_base, counter_uniform
 from lop_ray.data.regression import FAST_BITS, TABLE_BITS, advance_pattern, example_target, target_table
 from lop_ray.nets.one_example_kernel import _activate, _derivative
 
 SGD, ADAM, ADAMW = 0, 1, 2  # optimizer codes
+NOISE_ROWS = 64  # S&P's steps drawn per call: long loops for the Gaussian transform's vectors
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 _TWO_PI = 2.0 * math.pi
@@ -252,8 +253,10 @@ def advance_seeds(
     grad_bo = np.empty(1, dtype=np.float32)
     scratch = np.empty((4, max(hidden * inputs, fan, 1)), dtype=np.float32)  # the update's loops
     parameters = hidden * inputs + hidden + fan + 1
-    noise = np.empty(parameters, dtype=np.float32)  # S&P's draws of a step, in parameter order
-    noise_scratch = np.empty((3, parameters), dtype=np.float64)
+    # S&P's draws, in parameter order, for up to NOISE_ROWS steps of a seed at once
+    noise_rows = np.empty((NOISE_ROWS, parameters), dtype=np.float32)
+    noise_counters = np.empty(NOISE_ROWS, dtype=np.int64)
+    noise_scratch = np.empty((5, NOISE_ROWS * ((parameters + 1) // 2)), dtype=np.float64)
     on = np.empty(inputs, dtype=np.int64)  # the inputs that are 1 this example
     # plain SGD: an input of 0 has a gradient of 0 and leaves its weights as they are
     plain_sgd = code == SGD and momentum == _ZERO and weight_decay == _ZERO and l2_init2 == _ZERO
@@ -272,6 +275,7 @@ def advance_seeds(
         target_threshold, pattern = threshold[s], patterns[s]
         period = -1
         fast_base = np.uint64(0)
+        noise_first, noise_last = 0, 0  # the steps whose draws noise_rows holds
         for t in range(progress[s], count):
             if cbp_on and cursor[s] + most * fan_in > pool.shape[1]:
                 break  # the pool might not hold this step's draws
@@ -417,13 +421,16 @@ def advance_seeds(
 
             if perturb_scale != _ZERO:  # `normal` of counter step, over the parameters in order
                 step = perturb_first + t
-                base1 = counter_base(
-                    np.uint64(perturb_keys[s]), np.uint64(step), np.uint64(2 * perturb_stream)
-                )
-                base2 = counter_base(
-                    np.uint64(perturb_keys[s]), np.uint64(step), np.uint64(2 * perturb_stream + 1)
-                )
-                compiled_normals(base1, base2, parameters, noise, noise_scratch)
+                if not noise_first <= step < noise_last:  # the next steps' draws, in one call
+                    rows = min(NOISE_ROWS, count - t)
+                    for r in range(rows):
+                        noise_counters[r] = step + r
+                    compiled_normal_rows(
+                        np.uint64(perturb_keys[s]), noise_counters[:rows], perturb_stream, parameters,
+                        noise_rows, noise_scratch,
+                    )  # fmt: skip
+                    noise_first, noise_last = step, step + rows
+                noise = noise_rows[step - noise_first]
                 weights = hidden * inputs
                 for e in range(weights):
                     wh_f[s, e] += perturb_scale * noise[e]
