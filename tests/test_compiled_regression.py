@@ -185,7 +185,7 @@ def test_what_the_kernel_does_not_have_runs_on_pytorch():
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_adams_one_step_count_path_equals_its_per_element_path(optimizer):
-    """Adam without unit resets keeps one step count per seed (`_adam_block_one_count`, with the
+    """Adam without unit resets keeps one step count per seed (`advance_seeds`'s one-pass update, with the
     bias corrections' divisions left out once both are exactly 1); CBP with ρ = 0 never replaces a
     unit but keeps the per-element counts. The two are bit-identical, early on and across the count
     from which the corrections are 1."""

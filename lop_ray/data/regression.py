@@ -155,14 +155,14 @@ def example_target(
     """Example `offset` of a period: writes its fast bits into x (after the slow bits, which the
     caller has written) and returns its target, from the period's `table` (`target_table`) when
     there are at most TABLE_BITS fast bits, else computed. The stream and the regression kernel
-    both serve examples through it."""
+    both serve examples through it (the kernel written out: `regression_kernel.advance_seeds`)."""
     num_slow = x.shape[0] - num_fast
     index = example_index(fast_base, offset, num_fast)
     for b in range(num_fast):
         x[num_slow + b] = np.float32((index >> np.uint64(b)) & np.uint64(1))
     if num_fast <= TABLE_BITS:
         return table[index]
-    return _direct_target(w1, b1, w2, b2, threshold, x)
+    return direct_target(w1, b1, w2, b2, threshold, x)
 
 
 @numba.njit(cache=True)
@@ -185,7 +185,7 @@ def _fill_period(
 
 
 @numba.njit(cache=True)
-def _direct_target(w1, b1, w2, b2, threshold, x) -> np.float32:
+def direct_target(w1, b1, w2, b2, threshold, x) -> np.float32:
     y = b2[0]
     for i in range(w1.shape[0]):
         pre = b1[i]

@@ -26,7 +26,14 @@ import numpy as np
 
 from lop_ray.algos.cbp_statistics_kernel import seed_unit_statistics
 from lop_ray.algos.counter_rng import compiled_normal_rows, counter_base, counter_uniform
-from lop_ray.data.regression import FAST_BITS, TABLE_BITS, advance_pattern, example_target, target_table
+from lop_ray.data.regression import (
+    FAST_BITS,
+    TABLE_BITS,
+    advance_pattern,
+    direct_target,
+    example_index,
+    target_table,
+)
 from lop_ray.nets.one_example_kernel import _activate, _derivative
 
 SGD, ADAM, ADAMW = 0, 1, 2  # optimizer codes
@@ -113,29 +120,54 @@ def _adam_block(
 
 
 @numba.njit(cache=True, inline="always")
-def _adam_block_one_count(
-    p: np.ndarray, s: int, g: np.ndarray, first: np.ndarray, second: np.ndarray, initial: np.ndarray,
-    count: int, lr: np.float32, coupled_decay: np.float32, keep_weight: np.float32, l2_init2: np.float32,
+def _sgd_element(
+    value: np.float32,
+    gradient: np.float32,
+    initial: np.float32,
+    lr: np.float32,
+    decay: np.float32,
+    l2_init2: np.float32,
+) -> np.float32:
+    """Momentless SGD of one element: `_sgd_block`'s arithmetic, in the same order."""
+    return value - lr * (gradient + decay * value + l2_init2 * (value - initial))
+
+
+@numba.njit(cache=True, inline="always")
+def _fused_element(
+    code: int, value: np.float32, gradient: np.float32, initial: np.float32, first: np.float32,
+    second: np.float32, lr: np.float32, decay: np.float32, keep: np.float32, l2_init2: np.float32,
     one_minus_beta1: np.float32, beta2: np.float32, one_minus_beta2: np.float32, eps: np.float32,
-    correction1: np.float32, correction2: np.float32, scratch: np.ndarray,
-) -> None:  # fmt: skip
-    """`_adam_block` where every element of the seed has the same step count, so one pair of bias
-    corrections serves them all (no table lookups, no count updates: the caller keeps the count).
-    Once both corrections are exactly 1 (after ~17,000 steps at β2 = 0.999) their divisions are
-    left out: x / 1 is x in IEEE arithmetic, so the values are those of `_adam_block`."""
-    value = scratch[0]
-    _adam_moments(
-        p, s, g, first, second, initial, count, coupled_decay, keep_weight, l2_init2, one_minus_beta1,
-        beta2, one_minus_beta2, scratch,
-    )  # fmt: skip
+    correction1: np.float32, correction2: np.float32,
+) -> tuple[np.float32, np.float32, np.float32]:  # fmt: skip
+    """One element's momentless SGD (`_sgd_block`'s arithmetic) or Adam (`_adam_block`'s) where
+    all of a seed's elements share one step count, so one pair of bias corrections serves them all;
+    once both are exactly 1 (after ~17,000 steps at β2 = 0.999) their divisions are left out (x / 1
+    is x in IEEE arithmetic). The same float32 operations in the same order, so the same values:
+    (new value, first moment, second moment). Scalars in and out: an array passed to an inlined
+    function costs two atomic reference-count updates a call, more than the element's arithmetic."""
+    if code == SGD:
+        return _sgd_element(value, gradient, initial, lr, decay, l2_init2), first, second
+    decayed = value * keep
+    grad = gradient + decay * decayed + l2_init2 * (decayed - initial)
+    first = first + one_minus_beta1 * (grad - first)
+    second = second * beta2 + one_minus_beta2 * grad * grad
     if correction1 == _ONE and correction2 == _ONE:
-        for e in range(count):
-            denominator = np.float32(np.sqrt(second[s, e])) + eps
-            p[s, e] = value[e] - lr * (first[s, e] / denominator)
-    else:
-        for e in range(count):
-            denominator = np.float32(np.sqrt(second[s, e])) / correction2 + eps
-            p[s, e] = value[e] - lr * ((first[s, e] / correction1) / denominator)
+        return decayed - lr * (first / (np.float32(np.sqrt(second)) + eps)), first, second
+    denominator = np.float32(np.sqrt(second)) / correction2 + eps
+    return decayed - lr * ((first / correction1) / denominator), first, second
+
+
+@numba.njit(cache=True, inline="always")
+def _draw_noise_rows(
+    key: np.uint64, step: int, rows: int, stream: int, parameters: int, counters: np.ndarray,
+    noise_rows: np.ndarray, scratch: np.ndarray,
+) -> tuple[int, int]:  # fmt: skip
+    """S&P's Gaussians of counter steps step … step + rows, in one call (long loops for the
+    transform's vectors); the steps now held."""
+    for r in range(rows):
+        counters[r] = step + r
+    compiled_normal_rows(np.uint64(key), counters[:rows], stream, parameters, noise_rows, scratch)
+    return step, step + rows
 
 
 @numba.njit(cache=True, inline="always")
@@ -260,6 +292,13 @@ def advance_seeds(
     on = np.empty(inputs, dtype=np.int64)  # the inputs that are 1 this example
     # plain SGD: an input of 0 has a gradient of 0 and leaves its weights as they are
     plain_sgd = code == SGD and momentum == _ZERO and weight_decay == _ZERO and l2_init2 == _ZERO
+    # the one-pass update (`_fused_element`): momentless SGD, and Adam while a seed's counts are one
+    decay = weight_decay if code == SGD else coupled_decay
+    keep = _ONE if code == SGD else decoupled_keep
+    # S&P's noise joins that pass when nothing comes between the update and the noise (CBP does)
+    fuse_noise = perturb_scale != _ZERO and not cbp_on and not plain_sgd
+    adam_value = np.empty(max(hidden * inputs, 1), dtype=np.float32)  # Adam's hidden-weight loops
+    adam_grad = np.empty(max(hidden * inputs, 1), dtype=np.float32)
 
     step_counts = (sa_wh_f, sa_bh, sa_wo_f, sa_bo)
     parameter_sizes = (hidden * inputs, hidden, fan, 1)
@@ -273,6 +312,7 @@ def advance_seeds(
         # the seed's target network, viewed once: a view made per example costs more than the example
         target_w1, target_b1, target_w2, target_b2 = tw1[s], tb1[s], tw2[s], tb2[s]
         target_threshold, pattern = threshold[s], patterns[s]
+        fused = (code == SGD and momentum == _ZERO) or shared_count >= 0.0
         period = -1
         fast_base = np.uint64(0)
         noise_first, noise_last = 0, 0  # the steps whose draws noise_rows holds
@@ -291,10 +331,15 @@ def advance_seeds(
                     )
                 for j in range(num_slow):
                     x[j] = pattern[j]
-            target = example_target(
-                fast_base, position % flip_after, num_fast, table,
-                target_w1, target_b1, target_w2, target_b2, target_threshold, x,
-            )  # fmt: skip
+            # `example_target`, written out: its seven arrays cost more as an inlined call's
+            # reference counts than the example itself
+            index = example_index(fast_base, position % flip_after, num_fast)
+            for b in range(num_fast):
+                x[num_slow + b] = np.float32((index >> np.uint64(b)) & np.uint64(1))
+            if num_fast <= TABLE_BITS:
+                target = table[index]
+            else:
+                target = direct_target(target_w1, target_b1, target_w2, target_b2, target_threshold, x)
 
             # forward, in `one_example_kernel`'s order of sums. The inputs are bits: w·1 is w, and a
             # w·0 term adds ±0 to a sum that started at +0, which changes nothing, so only the inputs
@@ -324,6 +369,16 @@ def advance_seeds(
             for k in range(hidden):
                 back[k] = delta * wo[s, 0, k] * _derivative(activation, pre[k], h[s, 0, k])
 
+            noise_row = 0  # S&P's `normal` of counter step, over the parameters in order: its row
+            if perturb_scale != _ZERO:
+                step = perturb_first + t
+                if not noise_first <= step < noise_last:  # the next steps' draws, in one call
+                    noise_first, noise_last = _draw_noise_rows(
+                        perturb_keys[s], step, min(NOISE_ROWS, count - t), perturb_stream, parameters,
+                        noise_counters, noise_rows, noise_scratch,
+                    )  # fmt: skip
+                noise_row = step - noise_first
+
             # the update, parameter by parameter in the optimizer's order (hidden w, b, output w, b)
             if plain_sgd:
                 for k in range(hidden):
@@ -339,6 +394,70 @@ def advance_seeds(
                     for q in range(active):
                         wo[s, 0, on[q]] = wo[s, 0, on[q]] - step_o
                 bo[s, 0] = bo[s, 0] - lr * delta
+            elif fused:
+                c1, c2 = _ONE, _ONE
+                if code != SGD:
+                    shared_count += 1.0
+                    count_index = min(int(shared_count), corrections1.shape[0] - 1)
+                    c1, c2 = corrections1[count_index], corrections2[count_index]
+                noise_scale = perturb_scale if fuse_noise else _ZERO  # S&P's noise in the same pass
+                # written out here, not in helpers taking arrays: each array passed to an inlined
+                # function costs two atomic reference-count updates a call, more than its loop
+                weights = hidden * inputs
+                if code == SGD:  # one pass, one array written: LLVM vectorises it
+                    for k in range(hidden):
+                        gradient_k = back[k]
+                        for j in range(inputs):
+                            wh[s, k, j] = _sgd_element(
+                                wh[s, k, j], gradient_k * x[j], i_wh[s, k, j], lr, decay, l2_init2
+                            )
+                else:  # Adam's square roots and divisions want vectors: a loop per array written
+                    for k in range(hidden):
+                        gradient_k = back[k]
+                        for j in range(inputs):
+                            adam_grad[k * inputs + j] = gradient_k * x[j]
+                    for e in range(weights):
+                        adam_value[e] = wh_f[s, e] * keep
+                    for e in range(weights):
+                        value = adam_value[e]
+                        adam_grad[e] = adam_grad[e] + decay * value + l2_init2 * (value - i_wh_f[s, e])
+                    for e in range(weights):  # lerp with weight 1 − β1 < 0.5
+                        sb_wh_f[s, e] = sb_wh_f[s, e] + one_minus_beta1 * (adam_grad[e] - sb_wh_f[s, e])
+                    for e in range(weights):
+                        sc_wh_f[s, e] = sc_wh_f[s, e] * beta2 + one_minus_beta2 * adam_grad[e] * adam_grad[e]
+                    if c1 == _ONE and c2 == _ONE:
+                        for e in range(weights):
+                            denominator = np.float32(np.sqrt(sc_wh_f[s, e])) + eps
+                            wh_f[s, e] = adam_value[e] - lr * (sb_wh_f[s, e] / denominator)
+                    else:
+                        for e in range(weights):
+                            denominator = np.float32(np.sqrt(sc_wh_f[s, e])) / c2 + eps
+                            wh_f[s, e] = adam_value[e] - lr * ((sb_wh_f[s, e] / c1) / denominator)
+                if noise_scale != _ZERO:
+                    for e in range(weights):
+                        wh_f[s, e] += noise_scale * noise_rows[noise_row, e]
+                # the other 2·hidden + 1 elements, one at a time
+                for k in range(hidden):
+                    bh[s, k], sb_bh[s, k], sc_bh[s, k] = _fused_element(
+                        code, bh[s, k], back[k], i_bh[s, k], sb_bh[s, k], sc_bh[s, k],
+                        lr, decay, keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
+                    )  # fmt: skip
+                    if noise_scale != _ZERO:
+                        bh[s, k] += noise_scale * noise_rows[noise_row, weights + k]
+                for k in range(fan):
+                    wo[s, 0, k], sb_wo[s, 0, k], sc_wo[s, 0, k] = _fused_element(
+                        code, wo[s, 0, k], delta * (h[s, 0, k] if hidden else x[k]), i_wo[s, 0, k],
+                        sb_wo[s, 0, k], sc_wo[s, 0, k],
+                        lr, decay, keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
+                    )  # fmt: skip
+                    if noise_scale != _ZERO:
+                        wo[s, 0, k] += noise_scale * noise_rows[noise_row, weights + hidden + k]
+                bo[s, 0], sb_bo[s, 0], sc_bo[s, 0] = _fused_element(
+                    code, bo[s, 0], delta, i_bo[s, 0], sb_bo[s, 0], sc_bo[s, 0],
+                    lr, decay, keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
+                )  # fmt: skip
+                if noise_scale != _ZERO:
+                    bo[s, 0] += noise_scale * noise_rows[noise_row, weights + hidden + fan]
             else:
                 for k in range(hidden):
                     for j in range(inputs):
@@ -358,26 +477,6 @@ def advance_seeds(
                         wo_f, s, grad_wo, sa_wo_f, i_wo_f, fan, lr, momentum, weight_decay, l2_init2, scratch
                     )
                     _sgd_block(bo, s, grad_bo, sa_bo, i_bo, 1, lr, momentum, weight_decay, l2_init2, scratch)
-                elif shared_count >= 0.0:
-                    shared_count += 1.0
-                    index = min(int(shared_count), corrections1.shape[0] - 1)
-                    c1, c2 = corrections1[index], corrections2[index]
-                    _adam_block_one_count(
-                        wh_f, s, grad_wh, sb_wh_f, sc_wh_f, i_wh_f, hidden * inputs, lr, coupled_decay,
-                        decoupled_keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, scratch,
-                    )  # fmt: skip
-                    _adam_block_one_count(
-                        bh, s, back, sb_bh, sc_bh, i_bh, hidden, lr, coupled_decay,
-                        decoupled_keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, scratch,
-                    )  # fmt: skip
-                    _adam_block_one_count(
-                        wo_f, s, grad_wo, sb_wo_f, sc_wo_f, i_wo_f, fan, lr, coupled_decay,
-                        decoupled_keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, scratch,
-                    )  # fmt: skip
-                    _adam_block_one_count(
-                        bo, s, grad_bo, sb_bo, sc_bo, i_bo, 1, lr, coupled_decay,
-                        decoupled_keep, l2_init2, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, scratch,
-                    )  # fmt: skip
                 else:
                     _adam_block(
                         wh_f, s, grad_wh, sa_wh_f, sb_wh_f, sc_wh_f, i_wh_f, hidden * inputs, lr, coupled_decay,
@@ -419,18 +518,8 @@ def advance_seeds(
                     )  # fmt: skip
                     replaced[s] += counts[s]
 
-            if perturb_scale != _ZERO:  # `normal` of counter step, over the parameters in order
-                step = perturb_first + t
-                if not noise_first <= step < noise_last:  # the next steps' draws, in one call
-                    rows = min(NOISE_ROWS, count - t)
-                    for r in range(rows):
-                        noise_counters[r] = step + r
-                    compiled_normal_rows(
-                        np.uint64(perturb_keys[s]), noise_counters[:rows], perturb_stream, parameters,
-                        noise_rows, noise_scratch,
-                    )  # fmt: skip
-                    noise_first, noise_last = step, step + rows
-                noise = noise_rows[step - noise_first]
+            if perturb_scale != _ZERO and not (fused and fuse_noise):  # (plain SGD, or CBP between)
+                noise = noise_rows[noise_row]
                 weights = hidden * inputs
                 for e in range(weights):
                     wh_f[s, e] += perturb_scale * noise[e]
