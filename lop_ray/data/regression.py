@@ -154,8 +154,9 @@ def example_target(
 ) -> np.float32:  # fmt: skip
     """Example `offset` of a period: writes its fast bits into x (after the slow bits, which the
     caller has written) and returns its target, from the period's `table` (`target_table`) when
-    there are at most TABLE_BITS fast bits, else computed. The stream and the regression kernel
-    both serve examples through it (the kernel written out: `regression_kernel.advance_seeds`)."""
+    there are at most TABLE_BITS fast bits, else computed. The stream serves examples through it;
+    the regression kernel writes the same steps out (`regression_kernel.advance_seeds`: its seven
+    array arguments cost more there than the example)."""
     num_slow = x.shape[0] - num_fast
     index = example_index(fast_base, offset, num_fast)
     for b in range(num_fast):

@@ -10,7 +10,10 @@ lives in the same tensors as the PyTorch learner's (the adapter, `compiled_regre
 views of them), so checkpoints, metrics and the plasticity probe do not know which path ran.
 
 What is shared with the PyTorch path, so computed by the same code: the stream (`data.regression`'s
-compiled functions), CBP's unit statistics (`cbp_statistics_kernel.seed_unit_statistics`), the
+compiled functions; its per-example lookup, `example_target`, is written out in `advance_seeds`,
+where an inlined call's array arguments cost more than the example; tests/test_compiled_regression.py
+compares the kernel's errors with those of the PyTorch learner, which reads the stream), CBP's unit
+statistics (`cbp_statistics_kernel.seed_unit_statistics`), the
 counter-based draws (`counter_rng`, S&P's Gaussians included), and the order of the forward and backward sums
 (`nets.one_example_kernel`). What is written here again, and agrees with PyTorch's kernels to float32
 rounding: the optimizers' element-wise updates (PyTorch's vectorised kernels fuse some multiply-adds)
@@ -518,7 +521,7 @@ def advance_seeds(
                     )  # fmt: skip
                     replaced[s] += counts[s]
 
-            if perturb_scale != _ZERO and not (fused and fuse_noise):  # (plain SGD, or CBP between)
+            if perturb_scale != _ZERO and not (fused and fuse_noise):  # not added in the update's pass
                 noise = noise_rows[noise_row]
                 weights = hidden * inputs
                 for e in range(weights):
